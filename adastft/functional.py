@@ -1,0 +1,204 @@
+"""Pure maths behind :class:`adastft.AdaSTFT`: no state, no parameters.
+
+The module (``adastft.layer``) owns the tensors; these functions only compute. Shapes use
+``B`` batch, ``L`` samples, ``T`` frames, ``N`` n_fft, ``W`` win_length, ``F`` n_fft // 2 + 1
+frequency bins and ``M`` mel bands.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+WINDOWS = ("hann", "hamming", "blackman", "bartlett", "kaiser", "rectangular")
+COMPRESSIONS = ("none", "log1p", "db")
+PAD_MODES = ("reflect", "constant", "replicate", "circular")
+
+
+def make_window(name: str, win_length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The named periodic window, as torch (and so torchaudio) builds it.
+
+    ``(win_length,)``. ``rectangular`` is all ones. Example: ``make_window("hann", 1024)``.
+    """
+    builders = {
+        "hann": torch.hann_window,
+        "hamming": torch.hamming_window,
+        "blackman": torch.blackman_window,
+        "bartlett": torch.bartlett_window,
+        "kaiser": torch.kaiser_window,
+        "rectangular": lambda n, dtype: torch.ones(n, dtype=dtype),
+    }
+    if name not in builders:
+        raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {name!r}")
+    return builders[name](win_length, dtype=dtype)
+
+
+def dft_kernel(n_fft: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The real and imaginary parts of the one-sided DFT matrix.
+
+    ``(2, F, N)``: ``[0]`` is ``cos(2 pi f n / N)``, ``[1]`` is ``-sin(2 pi f n / N)``, so that
+    ``kernel[0] @ x + 1j * kernel[1] @ x`` equals ``torch.fft.rfft(x)``. The phase ``f * n`` is
+    reduced modulo ``N`` in integers first, which keeps the float32 kernel exact to rounding.
+    """
+    f = torch.arange(n_fft // 2 + 1, dtype=torch.int64).unsqueeze(1)
+    n = torch.arange(n_fft, dtype=torch.int64).unsqueeze(0)
+    phase = (f * n % n_fft).to(torch.float64) * (2.0 * math.pi / n_fft)  # (F, N)
+    return torch.stack([torch.cos(phase), -torch.sin(phase)]).to(dtype)
+
+
+class _PowerOfSquare(torch.autograd.Function):
+    """``p ** e`` for ``p = |X|^2 >= 0`` with the gradient set to zero where ``p == 0``.
+
+    ``|X|^power = p ** (power / 2)``; for ``power < 2`` its derivative is infinite at ``p = 0``
+    (silence, zero padding), which would poison a whole batch with NaN. Zero is the
+    minimal-norm subgradient there, the same choice ``torch.abs`` makes for complex input.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, exponent: float) -> torch.Tensor:
+        out = p.pow(exponent)
+        ctx.save_for_backward(p, out)
+        ctx.exponent = exponent
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p, out = ctx.saved_tensors
+        positive = p > 0
+        safe_p = torch.where(positive, p, torch.ones_like(p))
+        dp = torch.where(positive, grad * ctx.exponent * out / safe_p, torch.zeros_like(p))
+        return dp, None
+
+
+def magnitude(power_spectrum: torch.Tensor, power: float) -> torch.Tensor:
+    """``|X| ** power`` from ``|X| ** 2``, with finite gradients everywhere (see above)."""
+    if power == 2.0:
+        return power_spectrum
+    return _PowerOfSquare.apply(power_spectrum, power / 2.0)
+
+
+def pad_signal(x: torch.Tensor, n_fft: int, center: bool, pad_mode: str) -> torch.Tensor:
+    """Pad ``(B, L)`` by ``n_fft // 2`` on both sides when ``center``, as ``torch.stft`` does."""
+    if not center:
+        return x
+    half = n_fft // 2
+    return F.pad(x.unsqueeze(1), (half, half), mode=pad_mode).squeeze(1)  # (B, L + 2 * half)
+
+
+def frame(x_padded: torch.Tensor, n_fft: int, win_length: int, hop_length: int) -> torch.Tensor:
+    """The part of every frame that the window covers.
+
+    ``(B, L') -> (B, T, W)``. ``torch.stft`` centres a short window inside the ``n_fft`` frame; the
+    samples outside it are multiplied by zero, so they are not read at all. A strided view: no
+    copy is made here.
+    """
+    n_frames = 1 + (x_padded.shape[-1] - n_fft) // hop_length
+    left = (n_fft - win_length) // 2
+    return x_padded[..., left:].unfold(-1, win_length, hop_length)[:, :n_frames]  # (B, T, W)
+
+
+def power_spectrogram_fft(
+    x: torch.Tensor,
+    window: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    center: bool,
+    pad_mode: str,
+) -> torch.Tensor:
+    """``|STFT(x)|^2`` by the FFT. ``(B, L) -> (B, F, T)``; the window may require grad."""
+    spec = torch.stft(
+        x,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=window.shape[-1],
+        window=window,
+        center=center,
+        pad_mode=pad_mode,
+        return_complex=True,
+    )  # (B, F, T) complex
+    return torch.view_as_real(spec).square().sum(-1)  # (B, F, T)
+
+
+def power_spectrogram_matmul(
+    x: torch.Tensor,
+    window: torch.Tensor,
+    kernel: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    center: bool,
+    pad_mode: str,
+) -> torch.Tensor:
+    """``|STFT(x)|^2`` with an arbitrary (learnable) kernel, as one matrix product.
+
+    ``(B, L) -> (B, T, F)`` (frames first: the mel product then needs no transpose). The
+    ``(2, F, N)`` kernel is windowed and flattened to a ``(2F, W)`` basis, so real and imaginary
+    parts come out of a single GEMM of the ``(B*T, W)`` frames.
+    """
+    win_length = window.shape[-1]
+    left = (n_fft - win_length) // 2
+    n_freq = kernel.shape[1]
+    basis = (kernel[..., left : left + win_length] * window).reshape(2 * n_freq, win_length)
+    frames = frame(pad_signal(x, n_fft, center, pad_mode), n_fft, win_length, hop_length)
+    out = torch.matmul(frames, basis.t())  # (B, T, 2F)
+    re, im = out[..., :n_freq], out[..., n_freq:]
+    return re.square() + im.square()  # (B, T, F)
+
+
+def compress(x: torch.Tensor, method: str, power: float, log_gain: float) -> torch.Tensor:
+    """Dynamic-range compression of a non-negative spectrogram.
+
+    ``none``: unchanged. ``log1p``: ``log10(1 + log_gain * x)``, the original project's choice
+    (gain 10), finite at zero. ``db``: ``(20 / power) * log10(max(x, 1e-10))``, which is
+    ``torchaudio.transforms.AmplitudeToDB`` for power 1 and 2 with no ``top_db``.
+    """
+    if method == "none":
+        return x
+    if method == "log1p":
+        return torch.log1p(log_gain * x) / math.log(10.0)
+    if method == "db":
+        return (20.0 / power) * torch.log10(torch.clamp(x, min=1e-10))
+    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {method!r}")
+
+
+def relative_change(current: torch.Tensor, initial: torch.Tensor) -> float:
+    """``||current - initial|| / ||initial||`` (L2 over all elements) as a Python float."""
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(current - initial) / torch.linalg.vector_norm(initial))
+
+
+def window_response(window: torch.Tensor, n_fft: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Magnitude response of a window in dB relative to its peak, on a fine grid.
+
+    ``(W,) -> (freqs (K,), response_db (K,))``; ``freqs`` are in bins of the window's own length
+    (one bin = ``sample_rate / W``), from ``-W/2`` to ``W/2``. Zero-padded to ``n_fft``
+    (default ``64 * W``) so lobes are resolved.
+    """
+    w = window.detach().to(torch.float64).cpu()
+    size = n_fft or 64 * w.numel()
+    spectrum = torch.fft.fftshift(torch.fft.fft(w, n=size)).abs()
+    db = 20.0 * torch.log10(torch.clamp(spectrum / spectrum.max(), min=1e-12))
+    freqs = (torch.arange(size, dtype=torch.float64) - size // 2) * (w.numel() / size)
+    return freqs, db
+
+
+def window_metrics(window: torch.Tensor) -> dict[str, float]:
+    """Main-lobe width (null to null, in bins) and highest side lobe (dB) of a window.
+
+    The main lobe is the region around the response's peak bounded by its first local minima.
+    Example: a periodic Hann window gives a main lobe of 4 bins and a highest side lobe near -31.5 dB.
+    """
+    freqs, db = window_response(window)
+    peak = int(torch.argmax(db))
+    right = peak
+    while right + 1 < db.numel() and db[right + 1] <= db[right]:
+        right += 1
+    left = peak
+    while left - 1 >= 0 and db[left - 1] <= db[left]:
+        left -= 1
+    side = torch.cat([db[:left], db[right + 1 :]])
+    return {
+        "main_lobe_width_bins": float(freqs[right] - freqs[left]),
+        "highest_side_lobe_db": float(side.max()) if side.numel() else float("-inf"),
+    }

@@ -1,0 +1,73 @@
+"""Pictures of what an AdaSTFT learned: window in time and frequency, kernel change.
+
+Every function returns a matplotlib ``Figure`` (Agg backend, no display needed); save it with
+``fig.savefig(path)``. Inputs are tensors or a layer, so exported learned tensors plot the same.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from adastft.functional import window_metrics, window_response  # noqa: E402
+
+
+def plot_window(learned: torch.Tensor, initial: torch.Tensor, title: str = "window") -> Figure:
+    """Learned vs initial window: samples (left) and magnitude response in dB (right).
+
+    The legend of the response gives each window's main-lobe width (bins) and highest side lobe.
+    Example: ``plot_window(layer.window, layer.initial_window).savefig("window.png")``.
+    """
+    learned = learned.detach().cpu().double()
+    initial = initial.detach().cpu().double()
+    fig, (ax_t, ax_f) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_t.plot(initial.numpy(), label="initial", color="0.5", linestyle="--")
+    ax_t.plot(learned.numpy(), label="learned", color="C0")
+    ax_t.set_xlabel("sample")
+    ax_t.set_ylabel("amplitude")
+    ax_t.set_title(f"{title}: time")
+    ax_t.legend()
+    for w, name, style in ((initial, "initial", dict(color="0.5", linestyle="--")), (learned, "learned", dict(color="C0"))):
+        freqs, db = window_response(w)
+        m = window_metrics(w)
+        label = f"{name}: main lobe {m['main_lobe_width_bins']:.2f} bins, side lobe {m['highest_side_lobe_db']:.1f} dB"
+        ax_f.plot(freqs.numpy(), db.numpy(), label=label, **style)
+    ax_f.set_xlim(-20, 20)
+    ax_f.set_ylim(-120, 5)
+    ax_f.set_xlabel("frequency (bins of the window length)")
+    ax_f.set_ylabel("dB (peak = 0)")
+    ax_f.set_title(f"{title}: frequency response")
+    ax_f.legend(fontsize=8, loc="lower center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_kernel_change(learned: torch.Tensor, initial: torch.Tensor, title: str = "kernel change") -> Figure:
+    """Heat maps of ``learned - initial`` for the cos and sin parts, ``(2, F, N)`` tensors.
+
+    Colours are symmetric around zero; the title carries the relative L2 change.
+    """
+    diff = (learned.detach().cpu().double() - initial.detach().cpu().double())
+    rel = float(diff.norm() / initial.detach().cpu().double().norm())
+    bound = float(diff.abs().max()) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, part, name in zip(axes, diff, ("cos part", "sin part")):
+        image = ax.imshow(part.numpy(), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_title(name)
+        ax.set_xlabel("sample n")
+    axes[0].set_ylabel("frequency bin f")
+    fig.colorbar(image, ax=list(axes), label="learned - initial")
+    fig.suptitle(f"{title} (relative L2 change {rel:.3g})")
+    return fig
+
+
+def plot_layer(layer, prefix: str = "") -> dict[str, Figure]:
+    """Both plots for an :class:`~adastft.AdaSTFT`: ``{"window": fig, "kernel": fig}``."""
+    return {
+        "window": plot_window(layer.window, layer.initial_window, title=f"{prefix}window"),
+        "kernel": plot_kernel_change(layer.kernel, layer.initial_kernel, title=f"{prefix}kernel change"),
+    }

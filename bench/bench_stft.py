@@ -1,0 +1,193 @@
+"""Speed of AdaSTFT against its references, measured side by side in one run.
+
+Run: ``python bench/bench_stft.py`` (``--device cuda`` on a GPU; ``--repeats`` for more samples).
+Needs the bench extra (``pip install -e '.[bench]'``) for nnAudio.
+
+Forward+backward of a batch of 16 clips of 3 s at 22050 Hz, n_fft 1024, hop 512, 128 mels.
+Implementations are timed round-robin (one call of each in turn, many rounds) so that drift of
+the machine's speed hits all of them alike; the table shows medians and the ratios the targets
+are stated in:
+
+- window-only learning vs ``torch.stft`` with a learnable window + the same mel product (<= 1.2);
+- kernel learning vs nnAudio's trainable ``STFT`` + the same mel product (<= 1.0);
+- kernel learning vs a bare matrix product of the same shape, forward+backward (<= 1.3);
+- torchaudio's fixed MelSpectrogram and the original project's style (conv2d on real kernels)
+  for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchaudio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from adastft import AdaSTFT  # noqa: E402
+
+SR, SECONDS, BATCH, N_FFT, HOP, N_MELS = 22050, 3, 16, 1024, 512, 128
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
+    x = torch.randn(BATCH, SR * SECONDS, device=device)
+    n_freq = N_FFT // 2 + 1
+    mel_fb = torchaudio.functional.melscale_fbanks(n_freq, 0.0, SR / 2, N_MELS, SR).to(device)  # (F, M)
+    cases: dict[str, Callable[[], None]] = {}
+
+    fixed = torchaudio.transforms.MelSpectrogram(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS).to(device)
+
+    def torchaudio_fixed():
+        with torch.no_grad():
+            fixed(x)
+
+    cases["torchaudio MelSpectrogram (fixed, forward only)"] = torchaudio_fixed
+
+    window = torch.hann_window(N_FFT, device=device).requires_grad_(True)
+
+    def stft_learnable_window():
+        spec = torch.stft(x, N_FFT, HOP, window=window, return_complex=True)
+        p = torch.view_as_real(spec).square().sum(-1)  # (B, F, T)
+        torch.matmul(mel_fb.t(), p).sum().backward()
+        window.grad = None
+
+    cases["torch.stft + learnable window + mel"] = stft_learnable_window
+
+    ada_window = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_window=True).to(device)
+
+    def adastft_window():
+        ada_window(x).sum().backward()
+        ada_window.window.grad = None
+
+    cases["AdaSTFT learn window (FFT path)"] = adastft_window
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from nnAudio.features import STFT as NNAudioSTFT
+
+        nna = NNAudioSTFT(n_fft=N_FFT, hop_length=HOP, window="hann", freq_scale="no", center=True,
+                          pad_mode="reflect", trainable=True, output_format="Complex", sr=SR,
+                          verbose=False).to(device)
+
+        def nnaudio_trainable():
+            out = nna(x)  # (B, F, T, 2)
+            p = out.square().sum(-1)
+            torch.matmul(mel_fb.t(), p).sum().backward()
+            nna.zero_grad(set_to_none=True)
+
+        cases["nnAudio STFT trainable + mel"] = nnaudio_trainable
+    except ImportError:
+        print("nnAudio is not installed (pip install -e '.[bench]'); its row is skipped", file=sys.stderr)
+
+    ada_kernel = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_kernel=True).to(device)
+
+    def adastft_kernel():
+        ada_kernel(x).sum().backward()
+        ada_kernel.kernel.grad = None
+
+    cases["AdaSTFT learn kernel (matmul path)"] = adastft_kernel
+
+    ada_both = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_window=True, learn_kernel=True).to(device)
+
+    def adastft_both():
+        ada_both(x).sum().backward()
+        ada_both.kernel.grad = None
+        ada_both.window.grad = None
+
+    cases["AdaSTFT learn window + kernel"] = adastft_both
+
+    n_frames = 1 + (x.shape[-1] + 2 * (N_FFT // 2) - N_FFT) // HOP
+    frames = torch.randn(BATCH * n_frames, N_FFT, device=device)
+    weight = torch.randn(2 * n_freq, N_FFT, device=device, requires_grad=True)
+
+    def bare_matmul():
+        torch.matmul(frames, weight.t()).sum().backward()
+        weight.grad = None
+
+    cases["bare matmul (B*T, N) x (N, 2F), fwd+bwd"] = bare_matmul
+
+    # The original project's style: the windowed real kernels as conv2d filters over the signal.
+    kernels = (ada_kernel.kernel.detach() * torch.hann_window(N_FFT, device=device)).reshape(2 * n_freq, 1, 1, N_FFT)
+    kernels = kernels.clone().requires_grad_(True)
+
+    def original_conv2d():
+        padded = torch.nn.functional.pad(x.unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect")
+        out = torch.nn.functional.conv2d(padded.unsqueeze(1), kernels, stride=(1, HOP))  # (B, 2F, 1, T)
+        out = out.squeeze(2)
+        p = out[:, :n_freq].square() + out[:, n_freq:].square()
+        torch.matmul(mel_fb.t(), p).sum().backward()
+        kernels.grad = None
+
+    cases["original style: conv2d on real kernels + mel"] = original_conv2d
+    return cases
+
+
+def run(device: torch.device, rounds: int, warmup: int) -> dict[str, float]:
+    cases = build_cases(device)
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="AdaSTFT speed vs references (forward+backward)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"batch {BATCH} x {SECONDS} s at {SR} Hz, n_fft {N_FFT}, hop {HOP}, {N_MELS} mels; {where}; "
+          f"median of {args.rounds} round-robin rounds; torch {torch.__version__}")
+    times = run(device, args.rounds, args.warmup)
+    width = max(map(len, times)) + 2
+    print(f"{'implementation':<{width}}{'ms':>9}")
+    for name, t in times.items():
+        print(f"{name:<{width}}{1000 * t:>9.2f}")
+    print()
+    ratios = [
+        ("window learning / torch.stft learnable window", "AdaSTFT learn window (FFT path)",
+         "torch.stft + learnable window + mel", 1.2),
+        ("kernel learning / nnAudio trainable STFT", "AdaSTFT learn kernel (matmul path)",
+         "nnAudio STFT trainable + mel", 1.0),
+        ("kernel learning / bare matmul", "AdaSTFT learn kernel (matmul path)",
+         "bare matmul (B*T, N) x (N, 2F), fwd+bwd", 1.3),
+        ("window+kernel learning / bare matmul", "AdaSTFT learn window + kernel",
+         "bare matmul (B*T, N) x (N, 2F), fwd+bwd", None),
+        ("original conv2d style / AdaSTFT kernel learning", "original style: conv2d on real kernels + mel",
+         "AdaSTFT learn kernel (matmul path)", None),
+    ]
+    width = max(len(r[0]) for r in ratios) + 2
+    print(f"{'ratio':<{width}}{'value':>7}  target")
+    for label, num, den, target in ratios:
+        if num not in times or den not in times:
+            print(f"{label:<{width}}{'n/a':>7}")
+            continue
+        value = times[num] / times[den]
+        verdict = "" if target is None else f"<= {target}  {'met' if value <= target else 'MISSED'}"
+        print(f"{label:<{width}}{value:>7.3f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()

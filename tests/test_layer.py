@@ -1,0 +1,311 @@
+"""AdaSTFT in the torchaudio manner: reference equality, gradcheck, batching, gradients."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torchaudio
+
+from adastft import AdaSTFT, AdaSTFTBank
+
+
+def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(length) / 16000
+    tones = torch.sin(2 * torch.pi * 440 * t) + 0.3 * torch.sin(2 * torch.pi * 3000 * t)
+    return tones + 0.1 * torch.randn(batch, length, generator=g)
+
+
+def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Elementwise within ``rtol`` of each value, with an absolute floor of ``rtol`` x the peak.
+
+    The floor stops bins 10^8 below the peak (pure float32 rounding noise in both
+    implementations) from deciding the test.
+    """
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def _force_matmul(layer: AdaSTFT) -> AdaSTFT:
+    """The kernel learns, so the layer must take the matrix-product path."""
+    layer.set_learning(kernel=True)
+    assert not layer.uses_fft()
+    return layer
+
+
+CASES = [
+    dict(n_fft=400, n_mels=64),
+    dict(n_fft=512, hop_length=128, n_mels=64),
+    dict(n_fft=1024, hop_length=512, win_length=800, n_mels=96, window="hamming"),
+    dict(n_fft=256, hop_length=100, center=False, n_mels=40, window="blackman"),
+    dict(n_fft=512, hop_length=256, n_mels=80, mel_scale="slaney", norm="slaney", f_min=50.0, f_max=7000.0),
+    dict(n_fft=400, hop_length=160, n_mels=64, power=1.0, pad_mode="constant", window="kaiser"),
+]
+_WINDOW_FNS = {
+    "hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window,
+    "kaiser": torch.kaiser_window,
+}
+
+
+@pytest.mark.parametrize("path", ["fft", "matmul"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_equals_torchaudio_melspectrogram_at_init(case, path):
+    args = dict(case)
+    window = args.pop("window", "hann")
+    reference = torchaudio.transforms.MelSpectrogram(sample_rate=16000, window_fn=_WINDOW_FNS[window], **args)
+    layer = AdaSTFT(sample_rate=16000, window=window, **args)
+    if path == "matmul":
+        _force_matmul(layer)
+    else:
+        assert layer.uses_fft()
+    x = _signal()
+    with torch.no_grad():
+        _assert_rel_close(layer(x), reference(x))
+
+
+@pytest.mark.parametrize("path", ["fft", "matmul"])
+@pytest.mark.parametrize("n_fft,hop,win,center", [(512, 128, 512, True), (256, 64, 200, False), (1024, 256, 1024, True)])
+def test_linear_spectrogram_equals_torch_stft_magnitude(path, n_fft, hop, win, center):
+    layer = AdaSTFT(n_fft=n_fft, hop_length=hop, win_length=win, n_mels=None, power=1.0, center=center)
+    if path == "matmul":
+        _force_matmul(layer)
+    x = _signal()
+    expected = torch.stft(x, n_fft, hop, win, torch.hann_window(win), center=center, return_complex=True).abs()
+    with torch.no_grad():
+        _assert_rel_close(layer(x), expected)
+
+
+def test_db_compression_equals_amplitude_to_db():
+    layer = AdaSTFT(sample_rate=16000, n_fft=512, hop_length=128, n_mels=64, compression="db")
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, hop_length=128, n_mels=64)
+    x = _signal()
+    expected = torchaudio.transforms.AmplitudeToDB("power")(mel(x))
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_log1p_compression_is_the_originals():
+    raw = AdaSTFT(n_fft=512, hop_length=128, n_mels=64)
+    logged = AdaSTFT(n_fft=512, hop_length=128, n_mels=64, compression="log1p", log_gain=10.0)
+    x = _signal()
+    torch.testing.assert_close(logged(x), torch.log10(1 + 10 * raw(x)))
+
+
+@pytest.mark.parametrize("learn", [dict(window=True), dict(kernel=True), dict(window=True, kernel=True)])
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_gradcheck_float64(learn, power):
+    layer = AdaSTFT(sample_rate=8000, n_fft=16, hop_length=4, win_length=12, n_mels=5, power=power).double()
+    layer.set_learning(**learn)
+    x = torch.randn(2, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params = [p for p in (layer.window, layer.kernel) if p.requires_grad]
+
+    def fn(*tensors):
+        with torch.no_grad():
+            for p, t in zip(params, tensors):
+                p.copy_(t)
+        # Functional call so gradcheck can perturb the parameters.
+        named = {name: t for name, t in zip([n for n, p in layer.named_parameters() if p.requires_grad], tensors)}
+        return torch.func.functional_call(layer, named, (x,))
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for p in params)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_magnitude_gradient_is_finite_on_silence():
+    layer = AdaSTFT(n_fft=64, hop_length=16, n_mels=8, power=1.0, compression="log1p").set_learning(True, True)
+    x = torch.zeros(2, 400)
+    x[0, 100:200] = torch.randn(100)
+    layer(x).sum().backward()
+    assert torch.isfinite(layer.window.grad).all() and torch.isfinite(layer.kernel.grad).all()
+
+
+@pytest.mark.parametrize("learn_kernel", [False, True])
+def test_batched_equals_per_item(learn_kernel):
+    layer = AdaSTFT(n_fft=512, hop_length=128, n_mels=64, learn_kernel=learn_kernel)
+    x = _signal(batch=4)
+    with torch.no_grad():
+        batched = layer(x)
+        singles = torch.cat([layer(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, singles, rtol=1e-5, atol=1e-6 * float(batched.abs().max()))
+
+
+def test_shapes():
+    layer = AdaSTFT(n_fft=512, hop_length=128, n_mels=64)
+    assert layer(torch.randn(4000)).shape == (1, 64, 32)
+    assert layer(torch.randn(1, 4000)).shape == (1, 64, 32)
+    assert layer(torch.randn(2, 3, 4000)).shape == (2, 3, 64, 32)
+    assert AdaSTFT(n_fft=512, hop_length=128, n_mels=None)(torch.randn(2, 4000)).shape == (2, 257, 32)
+
+
+@pytest.mark.parametrize("window,kernel", [(True, False), (False, True), (True, True), (False, False)])
+def test_gradients_reach_learnable_and_only_learnable(window, kernel):
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p", learn_window=window, learn_kernel=kernel)
+    x = _signal(batch=2, length=2000).requires_grad_(not (window or kernel))
+    layer(x).sum().backward()
+    assert (layer.window.grad is not None) == window
+    assert (layer.kernel.grad is not None) == kernel
+    for p in (layer.window, layer.kernel):
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_learning_toggles_mid_training_and_path_follows_the_kernel():
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p")
+    head = torch.nn.Linear(32, 2)
+    opt = torch.optim.AdamW(layer.parameter_groups(lr=1e-2) + [{"params": head.parameters()}], lr=1e-2)
+    x = _signal(batch=4, length=2000)
+    y = torch.tensor([0, 1, 0, 1])
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(head(layer(x).mean(-1)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    assert layer.window_change() == 0.0 and layer.kernel_change() == 0.0 and layer.uses_fft()
+    layer.set_learning(window=True)
+    step()
+    assert layer.window_change() > 0 and layer.kernel_change() == 0.0 and layer.uses_fft()
+    layer.set_learning(window=False, kernel=True)
+    frozen_window = layer.window.detach().clone()
+    step()
+    assert layer.kernel_change() > 0 and torch.equal(layer.window, frozen_window)
+    # A learned kernel, frozen again, must still be used: the FFT would silently drop it.
+    layer.set_learning(kernel=False)
+    assert not layer.uses_fft()
+    kernel_before = layer.kernel.detach().clone()
+    step()
+    assert torch.equal(layer.kernel, kernel_before)
+    # Putting the exact DFT back (here by loading a fresh state) re-enables the FFT.
+    layer.load_state_dict(AdaSTFT(n_fft=256, hop_length=64, n_mels=32).state_dict())
+    assert layer.uses_fft()
+
+
+def _learned_layer() -> AdaSTFT:
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p", learn_window=True, learn_kernel=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = _signal(batch=2, length=2000)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+    assert layer.window_change() > 1e-4 and layer.kernel_change() > 1e-4
+    return layer
+
+
+def test_export_then_load_reproduces_output_exactly(tmp_path):
+    layer = _learned_layer()
+    path = tmp_path / "learned.pt"
+    torch.save(layer.export_learned(), path)
+    learned = torch.load(path, weights_only=True)
+    x = _signal(batch=2, length=2000)
+    with torch.no_grad():
+        expected = layer(x)
+        fresh = AdaSTFT.from_learned(learned)
+        assert torch.equal(fresh(x), expected)
+        into = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p").load_learned(learned)
+        assert torch.equal(into(x), expected)
+    assert fresh.window_change() == pytest.approx(layer.window_change())
+
+
+def test_load_learned_rejects_wrong_shapes():
+    learned = AdaSTFT(n_fft=256, hop_length=64, n_mels=32).export_learned()
+    with pytest.raises(ValueError, match=r"learned\['window'\] has shape \(256,\), this layer needs \(512,\)"):
+        AdaSTFT(n_fft=512, n_mels=32).load_learned(learned)
+
+
+def test_state_dict_round_trip(tmp_path):
+    layer = _learned_layer()
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p")
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = _signal(batch=2, length=2000)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+    assert set(layer.state_dict()) == {"window", "kernel", "mel_fb"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learn_kernel", [False, True])
+def test_torch_compile_matches_eager(learn_kernel):
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p", learn_window=True, learn_kernel=learn_kernel)
+    compiled = torch.compile(layer)
+    x = _signal(batch=2, length=2000)
+    out = compiled(x)
+    torch.testing.assert_close(out, layer(x), rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    assert layer.window.grad is not None
+
+
+def test_bank_has_independent_front_ends():
+    bank = AdaSTFTBank(3, n_fft=256, hop_length=64, n_mels=32, learn_window=True, learn_kernel=True)
+    x = _signal(batch=2, length=2000)
+    out = bank(x)
+    assert out.shape == (2, 3, 32, 32)
+    assert len({id(layer.window) for layer in bank.layers}) == 3
+    out[:, 1].sum().backward()
+    untouched = [bank[0].window.grad, bank[0].kernel.grad, bank[2].window.grad, bank[2].kernel.grad]
+    assert all(g is None or not g.any() for g in untouched)
+    assert bank[1].window.grad.abs().sum() > 0 and bank[1].kernel.grad.abs().sum() > 0
+    assert bank(torch.randn(2, 3, 2000)).shape == (2, 3, 32, 32)
+    assert len(bank.parameter_groups()[0]["params"]) == 6
+    with pytest.raises(ValueError, match="input has 2 channels, this bank has 3 front ends"):
+        bank(torch.randn(2, 2, 2000))
+
+
+def test_parameter_groups_exempt_from_weight_decay():
+    layer = AdaSTFT(n_fft=256, n_mels=32)
+    (group,) = layer.parameter_groups(lr=1e-4)
+    assert group["weight_decay"] == 0.0 and group["lr"] == 1e-4
+    assert {id(p) for p in group["params"]} == {id(layer.window), id(layer.kernel)}
+
+
+def test_mel_filterbank_is_a_buffer_built_once(monkeypatch):
+    layer = AdaSTFT(n_fft=512, n_mels=64)
+    calls = []
+    monkeypatch.setattr(torchaudio.functional, "melscale_fbanks", lambda *a, **k: calls.append(a))
+    layer(_signal(batch=1))
+    layer.set_learning(kernel=True)
+    layer(_signal(batch=1))
+    assert calls == [] and "mel_fb" in dict(layer.named_buffers())
+
+
+BAD = [
+    (dict(n_fft=1), "n_fft must be an integer >= 2, got 1"),
+    (dict(n_fft=512, hop_length=0), "hop_length must be an integer >= 1, got 0"),
+    (dict(n_fft=512, win_length=600), r"win_length must be an integer in \[1, n_fft=512\], got 600"),
+    (dict(sample_rate=16000, f_max=9000.0), "f_max must be <= sample_rate / 2 = 8000, got 9000.0"),
+    (dict(n_fft=64, n_mels=128), "n_mels=128 leaves .* empty mel filters with n_fft=64 .*use fewer mels or a larger n_fft"),
+    (dict(window="gauss"), "window must be one of hann, hamming, blackman, bartlett, kaiser, rectangular, got 'gauss'"),
+    (dict(compression="log"), "compression must be one of none, log1p, db, got 'log'"),
+    (dict(mel_scale="bark"), "mel_scale must be 'htk' or 'slaney', got 'bark'"),
+    (dict(norm="l2"), "norm must be None or 'slaney', got 'l2'"),
+    (dict(power=0), "power must be a positive number, got 0"),
+    (dict(pad_mode="wrap"), "pad_mode must be one of reflect, constant, replicate, circular, got 'wrap'"),
+    (dict(f_min=9000.0, f_max=8000.0), "f_min must be below f_max=8000, got 9000.0"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD, ids=[m.split(" ")[0] for _, m in BAD])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdaSTFT(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (torch.zeros(2, 2, 2, 400), r"input must be \(time\), \(batch, time\) or \(batch, channels, time\), got shape \(2, 2, 2, 400\)"),
+        (torch.zeros(2, 400, dtype=torch.int16), "input must be a real floating-point tensor, got torch.int16"),
+        (torch.zeros(2, 400, dtype=torch.complex64), "input must be a real floating-point tensor, got torch.complex64"),
+        ([0.0] * 400, "input must be a real floating-point tensor, got list"),
+        (torch.zeros(2, 100), "input has 100 samples; n_fft=400 with center=True needs at least 201"),
+    ],
+)
+def test_bad_input_raises_value_error(x, message):
+    with pytest.raises(ValueError, match=message):
+        AdaSTFT(n_fft=400, n_mels=32)(x)
