@@ -142,8 +142,9 @@ def power_spectrogram_matmul(
     basis = (kernel[..., left : left + win_length] * window).reshape(2 * n_freq, win_length)
     frames = frame(pad_signal(x, n_fft, center, pad_mode), n_fft, win_length, hop_length)
     out = torch.matmul(frames, basis.t())  # (B, T, 2F)
-    re, im = out[..., :n_freq], out[..., n_freq:]
-    return re.square() + im.square()  # (B, T, F)
+    # Square then fold [re | im]: the backward is one multiply, where slicing out re and im
+    # would zero-fill and copy a (B, T, 2F) gradient twice.
+    return out.square().unflatten(-1, (2, n_freq)).sum(-2)  # (B, T, F)
 
 
 def compress(x: torch.Tensor, method: str, power: float, log_gain: float) -> torch.Tensor:
