@@ -71,3 +71,46 @@ def plot_layer(layer, prefix: str = "") -> dict[str, Figure]:
         "window": plot_window(layer.window, layer.initial_window, title=f"{prefix}window"),
         "kernel": plot_kernel_change(layer.kernel, layer.initial_kernel, title=f"{prefix}kernel change"),
     }
+
+
+def plot_confusion(matrix, classes, title: str = "confusion matrix") -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > peak / 2 else "black")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(f"{title}: accuracy {accuracy:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: list[dict]) -> Figure:
+    """Learning curves from per-epoch metric dicts: losses (log scale) and accuracies."""
+    epochs = [int(h["epoch"]) + 1 for h in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        ax_l.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax_l.set_yscale("log")
+    ax_l.set_xlabel("epoch")
+    ax_l.legend()
+    for key, label in (("val_clip_accuracy", "validation clip accuracy (vote)"),
+                       ("val_segment_accuracy", "validation segment accuracy")):
+        ax_a.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax_a.set_ylim(0, 1)
+    ax_a.set_xlabel("epoch")
+    ax_a.legend()
+    fig.tight_layout()
+    return fig
