@@ -179,23 +179,3 @@ def read_split_files(split_files: dict[str, str | Sequence[str]]) -> dict[str, s
                 raise DataError(f"{name!r} is listed in split_files for both {mapping[name]!r} and {split!r}; list it once")
             mapping[name] = split
     return mapping
-
-
-def assign_splits(
-    rows: Sequence[tuple[str, str, int]], mapping: dict[str, str]
-) -> list[Entry]:
-    """Entries for the rows that ``mapping`` (from :func:`read_split_files`) places in a split."""
-    entries = []
-    used = set()
-    for path, name, label in rows:
-        stem_name = name.rsplit(".", 1)[0] if "." in Path(name).name else name
-        bare = Path(name).stem
-        for key in (name, stem_name, bare):
-            if key in mapping:
-                entries.append(Entry(path, name, label, mapping[key]))
-                used.add(key)
-                break
-    missing = sorted(set(mapping) - used)
-    if missing:
-        log.warning("%d names in the split lists have no file: %s", len(missing), ", ".join(missing[:20]))
-    return entries

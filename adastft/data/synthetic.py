@@ -153,7 +153,7 @@ def _note(rng: np.random.Generator, hz: float, seconds: float, timbre: str, sr: 
     f = hz * (1 + rng.uniform(-0.004, 0.004))
     if all(r == int(r) for r in ratios):
         # Harmonic timbre: read one period from a table (partials above Nyquist left out).
-        table = _table(timbre, int(sum(f * r < sr / 2 for r in ratios)))
+        table = _table(timbre, max(1, int(sum(f * r < sr / 2 for r in ratios))))
         idx = (np.arange(n) * (f * _TABLE_SIZE / sr)).astype(np.int64) & (_TABLE_SIZE - 1)  # float64 phase
         wave = table[idx]
     else:
