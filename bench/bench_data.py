@@ -3,13 +3,14 @@
     python bench/bench_data.py                     # about 1.5 min on 2 CPU cores
     python bench/bench_data.py --clips-per-class 10 --cache-dir /tmp/adastft-bench
 
-1. Builds (once) a synthetic cache of 30 s clips at 22050 Hz, the GTZAN shape.
-2. Throughput: training crops of 30 s / 12 parts (55125 samples) through a real torch DataLoader
+1. Builds (once, in a child process) a synthetic cache of 30 s clips at 22050 Hz, the GTZAN shape.
+2. Memory of readers (below), measured while this process does not map the cache.
+3. Throughput: training crops of 30 s / 12 parts (55125 samples) through a real torch DataLoader
    at batch 16 (``train_loader``; 0 and 2 persistent workers), in samples/s, against the
    model's consumption: training steps/s of AdaSTFT(22050, n_fft=1024, hop=512, 128 mels,
    log1p) + torchvision resnet18(num_classes=10) on the spectrogram repeated to 3 channels,
    forward + backward + AdamW step at batch 16, on this machine's CPU. Target: loader >= 20x.
-3. Memory of readers. Reader processes open the cache (memory-mapped) and each reads every
+Memory of readers: reader processes open the cache (memory-mapped) and each reads every
    byte of it; while all of them are alive, each reports USS (pages only it maps) and PSS
    (each page divided among the processes that map it), before and after touching. The page
    cache pages of the file are clean and file-backed: with ONE reader they are mapped by one

@@ -139,6 +139,16 @@ def test_bad_files_are_skipped_with_one_warning_listing_all(tmp_path):
         prepare(_spec(root, tmp_path / "c", on_bad="error"))
 
 
+def test_file_truncated_inside_its_data_is_decoded_and_padded(tmp_path):
+    root = write_folder(tmp_path / "d", {"a": 2}, seconds=0.1)
+    whole = (root / "a" / "a_0.wav").read_bytes()
+    (root / "a" / "a_0.wav").write_bytes(whole[: 44 + 2 * 200])  # header + 200 of 800 PCM_16 frames
+    with pytest.warns(BadAudioWarning, match=r"padded 1 short files with silence: a/a_0\.wav \(0\.03 s padded to 0\.1 s\)"):
+        store = prepare(_spec(root, tmp_path / "c", clip_seconds=0.1))
+    clip = store.audio(store.names.index("a/a_0.wav"))
+    assert clip[:190].any() and not clip[200:].any()
+
+
 def test_on_bad_error_stops_at_a_bad_file(tmp_path):
     root = write_folder(tmp_path / "d", {"good": 2})
     sf.write(root / "good" / "short.wav", tone(seconds=0.01), RATE)

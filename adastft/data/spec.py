@@ -56,8 +56,8 @@ class DataSpec:
         on_bad: ``"skip"`` unreadable, empty or short (see ``min_clip_fraction``) files with
             one warning that lists them all, or ``"error"`` to stop at any of them.
         min_clip_fraction: a file shorter than this fraction of ``clip_seconds`` is padded with
-            a warning (``on_bad="skip"``) or is an error; shorter ones down to this are padded
-            silently (GTZAN's 29.9 s clips).
+            a warning (``on_bad="skip"``) or is an error (``on_bad="error"``); longer files are
+            padded or trimmed silently (GTZAN's 29.9-30.7 s clips).
         synthetic_clips_per_class: clips of each of the 10 synthetic classes.
         extensions: file extensions that count as audio for ``folder``.
 
