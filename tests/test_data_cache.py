@@ -86,6 +86,18 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage):
     assert len(rebuilt) == 6 and np.array_equal(rebuilt.audio(4), expected)
 
 
+def test_files_left_by_an_interrupted_build_are_removed(tmp_path):
+    root = write_folder(tmp_path / "d", {"a": 2})
+    store = prepare(_spec(root, tmp_path / "c"))
+    name = Path(store.path).name
+    leftovers = [tmp_path / "c" / f".{name}.999.deadbeef.tmp", tmp_path / "c" / f".{name}.999.deadbeef.tmp.spill"]
+    for f in leftovers:
+        f.write_bytes(b"half a cache")
+    sf.write(root / "a" / "a_9.wav", tone(), RATE)  # forces a rebuild, which holds the lock
+    assert len(prepare(_spec(root, tmp_path / "c"))) == 3
+    assert not any(f.exists() for f in leftovers)
+
+
 def test_store_key_mismatch_is_an_error(tmp_path):
     store = prepare(_spec(write_folder(tmp_path / "d", {"a": 2}), tmp_path / "c"))
     with pytest.raises(CacheError, match="expected 000000000000; call prepare"):

@@ -147,6 +147,9 @@ def ensure_cache(path: str | os.PathLike, key: str, build: Callable[[str], None]
         try:
             if read_key(path) == key:  # built by the process we waited for
                 return False
+            for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a killed builder
+                log.info("removing %s, left by an interrupted build", stale)
+                stale.unlink(missing_ok=True)
             old = read_key(path)
             log.info("%s cache %s", "rebuilding stale" if old else "building", path)
             tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
