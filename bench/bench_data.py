@@ -157,8 +157,9 @@ def main() -> None:
 
     store = prepare(spec)  # reuses the cache; from here on this process maps it too
     crop = store.clip_samples // args.parts
-    loader = {w: loader_throughput(store, args.batch, args.parts, w, args.seconds) for w in (0, 2)}
+    # The model first: persistent loader workers from the loader runs cannot compete with it.
     model = model_throughput(crop, args.batch, args.steps)
+    loader = {w: loader_throughput(store, args.batch, args.parts, w, args.seconds) for w in (0, 2)}
     best = max(loader, key=loader.get)
     print(f"\nthroughput at crop {crop} samples ({crop / 22050:.2f} s), batch {args.batch}:")
     for w, rate in loader.items():
