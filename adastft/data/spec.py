@@ -1,0 +1,238 @@
+"""``DataSpec`` says which clips, decoded how, split how; ``prepare(spec)`` returns their store.
+
+``prepare`` lists the source, computes the cache key, builds the Arrow cache once (or reuses
+it; see :mod:`adastft.data.cache`), opens it memory-mapped and assigns the splits. Splits are
+not part of the cache, so changing the split seed or fractions never re-decodes audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from adastft.data import synthetic
+from adastft.data.cache import FORMAT, Row, cache_key, ensure_cache, file_fingerprints, write_cache
+from adastft.data.decode import BadAudio, BadAudioWarning, decode_file
+from adastft.data.sources import (
+    AUDIO_EXTENSIONS, SPLITS, DataError, list_folder, list_gtzan, read_split_files,
+    standard_gtzan_split, stratified_split,
+)
+from adastft.data.store import ClipStore
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "gtzan", "folder")
+_DEFAULT_CLIP_SECONDS = {"synthetic": 4.0, "gtzan": 30.0, "folder": 30.0}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which clips, decoded how, split how. Validated on construction.
+
+    Arguments:
+        source: ``"synthetic"`` (built-in, 10 classes), ``"gtzan"`` or ``"folder"``
+            (``root/<class>/<file>``).
+        root: the data folder, required for ``gtzan`` and ``folder``. For GTZAN the Kaggle
+            folder (``.../Data/genres_original`` or its parents) or the original ``genres``.
+        cache_dir: where the Arrow cache lives (one file per source, root and decoding).
+        sample_rate: clips are resampled to this rate.
+        clip_seconds: clips are padded or trimmed to this length; ``None`` gives 30 s for
+            ``gtzan`` and ``folder`` (GTZAN clips are 29.9-30.7 s) and 4 s for ``synthetic``.
+        split: ``"standard"``: GTZAN's artist-filtered 443/197/290 lists; for ``synthetic``
+            and ``folder``, which have no standard split, the same as ``"random"``: a seeded
+            split stratified by class with ``val_fraction`` and ``test_fraction``.
+        split_files: ``{"train": names, "val": names, "test": names}`` overriding ``split``;
+            each value a list of names or the path of a text file with one name per line. A
+            name is a path relative to the root, with or without extension, or a bare stem.
+        seed: the random split's seed, and the synthetic generator's.
+        on_bad: ``"skip"`` unreadable, empty or short (see ``min_clip_fraction``) files with
+            one warning that lists them all, or ``"error"`` to stop at any of them.
+        min_clip_fraction: a file shorter than this fraction of ``clip_seconds`` is padded with
+            a warning (``on_bad="skip"``) or is an error (``on_bad="error"``); longer files are
+            padded or trimmed silently (GTZAN's 29.9-30.7 s clips).
+        synthetic_clips_per_class: clips of each of the 10 synthetic classes.
+        extensions: file extensions that count as audio for ``folder``.
+
+    Example: ``DataSpec(source="gtzan", root="~/data/gtzan", cache_dir="/tmp/cache")``.
+    """
+
+    source: str = "synthetic"
+    root: str | None = None
+    cache_dir: str = ".cache/adastft"
+    sample_rate: int = 22050
+    clip_seconds: float | None = None
+    split: str = "standard"
+    split_files: dict | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    on_bad: str = "skip"
+    min_clip_fraction: float = 0.9
+    synthetic_clips_per_class: int = 20
+    extensions: tuple[str, ...] = field(default=AUDIO_EXTENSIONS)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.source == "synthetic":
+            need(self.root is None, f"root is not used by source='synthetic', got {self.root!r}; drop it or pick source='gtzan'|'folder'")
+        else:
+            need(isinstance(self.root, (str, os.PathLike)) and str(self.root) != "",
+                 f"root is required for source={self.source!r}: the folder that holds the data")
+        need(isinstance(self.sample_rate, int) and not isinstance(self.sample_rate, bool) and self.sample_rate >= 1000,
+             f"sample_rate must be an integer >= 1000, got {self.sample_rate!r}")
+        if self.clip_seconds is None:
+            object.__setattr__(self, "clip_seconds", _DEFAULT_CLIP_SECONDS[self.source])
+        need(isinstance(self.clip_seconds, (int, float)) and self.clip_seconds > 0,
+             f"clip_seconds must be positive, got {self.clip_seconds!r}")
+        object.__setattr__(self, "clip_seconds", float(self.clip_seconds))
+        need(self.split in ("standard", "random"), f"split must be 'standard' or 'random', got {self.split!r}")
+        if self.split_files is not None:
+            need(isinstance(self.split_files, dict) and set(self.split_files) <= set(SPLITS) and "train" in self.split_files,
+                 f"split_files must be a dict with keys among {', '.join(SPLITS)} including 'train', got {self.split_files!r:.80}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and 0 <= value < 1, f"{name} must be in [0, 1), got {value!r}")
+        need(self.val_fraction + self.test_fraction < 1,
+             f"val_fraction + test_fraction must be below 1, got {self.val_fraction + self.test_fraction:g}")
+        need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        need(self.on_bad in ("skip", "error"), f"on_bad must be 'skip' or 'error', got {self.on_bad!r}")
+        need(isinstance(self.min_clip_fraction, (int, float)) and 0 < self.min_clip_fraction <= 1,
+             f"min_clip_fraction must be in (0, 1], got {self.min_clip_fraction!r}")
+        need(isinstance(self.synthetic_clips_per_class, int) and self.synthetic_clips_per_class >= 1,
+             f"synthetic_clips_per_class must be a positive integer, got {self.synthetic_clips_per_class!r}")
+        need(len(self.extensions) > 0 and all(isinstance(e, str) and e.startswith(".") for e in self.extensions),
+             f"extensions must be a non-empty tuple like ('.wav', '.flac'), got {self.extensions!r}")
+        object.__setattr__(self, "extensions", tuple(e.lower() for e in self.extensions))
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples per clip: ``round(clip_seconds * sample_rate)``."""
+        return int(round(self.clip_seconds * self.sample_rate))
+
+
+def prepare(spec: DataSpec) -> ClipStore:
+    """Build (once) or reuse the cache for ``spec``; return its memory-mapped store with splits.
+
+    Safe to call from many processes at once: one decodes, the others wait and reuse. Files
+    skipped or padded at build time are reported with one :class:`BadAudioWarning` per call;
+    with ``on_bad="error"`` any of them raises :class:`DataError` instead.
+    """
+    if not isinstance(spec, DataSpec):
+        raise ValueError(f"prepare needs a DataSpec, got {type(spec).__name__}")
+    sr, clip_samples = spec.sample_rate, spec.clip_samples
+    skipped: list[tuple[str, str]] = []
+    padded: list[tuple[str, str]] = []
+
+    if spec.source == "synthetic":
+        classes = list(synthetic.CLASSES)
+        n = spec.synthetic_clips_per_class
+        payload = {"generator": synthetic.GENERATOR_VERSION, "seed": spec.seed, "n": n}
+        stem = f"synthetic-seed{spec.seed}-n{n}"
+
+        def rows() -> Iterator[Row]:
+            for label, name in enumerate(classes):
+                for i in range(n):
+                    audio = synthetic.generate_clip(label, i, spec.seed, sr, clip_samples)
+                    yield audio, label, f"{name}/{name}.{i:05d}", sr, 1, clip_samples
+    else:
+        lister = list_gtzan if spec.source == "gtzan" else (lambda r: list_folder(r, spec.extensions))
+        classes, listing = lister(spec.root)
+        root = str(Path(spec.root).expanduser().resolve())
+        payload = {"root": root, "files": file_fingerprints((p, name) for p, name, _ in listing)}
+        stem = f"{spec.source}-{Path(root).name}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+        min_samples = spec.min_clip_fraction * spec.clip_seconds
+
+        def rows() -> Iterator[Row]:
+            for path, name, label in listing:
+                try:
+                    d = decode_file(path, sr, clip_samples)
+                except BadAudio as e:
+                    if spec.on_bad == "error":
+                        raise DataError(f"{path}: {e}; fix or remove the file, or use on_bad='skip'") from None
+                    skipped.append((name, str(e)))
+                    continue
+                seconds = d.orig_samples / d.orig_sample_rate
+                if seconds < min_samples:
+                    reason = f"{seconds:.2f} s padded to {spec.clip_seconds:g} s"
+                    if spec.on_bad == "error":
+                        raise DataError(f"{path}: {reason}; lower min_clip_fraction or use on_bad='skip'")
+                    padded.append((name, reason))
+                yield d.audio, label, name, d.orig_sample_rate, d.orig_channels, d.orig_samples
+
+    payload.update(format=FORMAT, source=spec.source, classes=classes, sample_rate=sr,
+                   clip_samples=clip_samples, min_clip_fraction=spec.min_clip_fraction)
+    key = cache_key(payload)
+    path = Path(spec.cache_dir).expanduser() / f"{stem}-{sr}hz-{clip_samples}.arrow"
+
+    def metadata(n_rows: int) -> dict[str, str]:
+        return {
+            "format": FORMAT, "key": key, "rows": str(n_rows), "source": spec.source,
+            "classes": json.dumps(classes), "sample_rate": str(sr), "clip_samples": str(clip_samples),
+            "skipped": json.dumps(skipped), "padded": json.dumps(padded),
+        }
+
+    def build(tmp: str) -> None:
+        n_rows = write_cache(tmp, rows(), clip_samples, metadata)
+        if n_rows == 0:
+            raise DataError(f"no file under {spec.root!r} could be decoded ({len(skipped)} skipped: "
+                            f"{_listing(skipped, 5)}); check the files")
+
+    built = ensure_cache(path, key, build)
+    store = ClipStore(path, key=key)
+    log.info("%s cache %s: %d clips", "built" if built else "reused", path, len(store))
+    _report_bad(store, spec.on_bad)
+    store.set_splits(_splits(spec, store))
+    return store
+
+
+def _listing(items: list[tuple[str, str]], limit: int | None = None) -> str:
+    shown = items if limit is None else items[:limit]
+    text = "; ".join(f"{name} ({reason})" for name, reason in shown)
+    return text + (f"; ... {len(items) - limit} more" if limit is not None and len(items) > limit else "")
+
+
+def _report_bad(store: ClipStore, on_bad: str) -> None:
+    if on_bad == "error" and (store.skipped or store.padded):
+        raise DataError(
+            f"cache {store.path} was built with on_bad='skip' and left out or padded "
+            f"{len(store.skipped) + len(store.padded)} files: {_listing(store.skipped + store.padded, 10)}; "
+            "fix them (the cache is rebuilt when files change) or use on_bad='skip'"
+        )
+    if store.skipped:
+        warnings.warn(f"skipped {len(store.skipped)} unusable files: {_listing(store.skipped)}",
+                      BadAudioWarning, stacklevel=3)
+    if store.padded:
+        warnings.warn(f"padded {len(store.padded)} short files with silence: {_listing(store.padded)}",
+                      BadAudioWarning, stacklevel=3)
+
+
+def _splits(spec: DataSpec, store: ClipStore) -> list[str]:
+    if spec.split_files is not None:
+        mapping = read_split_files(spec.split_files)
+    elif spec.source == "gtzan" and spec.split == "standard":
+        mapping = standard_gtzan_split()
+    else:
+        return stratified_split(store.labels, spec.val_fraction, spec.test_fraction, spec.seed)
+    out = []
+    for name in store.names:
+        no_ext = name.rsplit(".", 1)[0] if "." in Path(name).name else name
+        out.append(next((mapping[k] for k in (name, no_ext, Path(name).stem) if k in mapping), ""))
+    counts = {s: out.count(s) for s in SPLITS}
+    if counts["train"] == 0:
+        raise DataError(f"no clip of {store.path} is in the train split list; check split_files names against the files")
+    missing = len(mapping) - sum(counts.values())
+    if missing > 0:
+        log.warning("%d clips named in the split lists are not in the cache (skipped or absent)", missing)
+    return out
