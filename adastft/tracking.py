@@ -232,6 +232,9 @@ class Tracker:
     redacted: secret-looking keys get ``"***"`` and values of secret-named environment variables
     (``*_SECRET*``, ``*_TOKEN``, ``*_PASSWORD``, ``*_KEY`` ...) are replaced by ``"***"`` inside
     any value. A context manager: leaving it ends the run FAILED on an exception, FINISHED otherwise.
+
+    Creating or resuming the run goes through MLflow's client with its own (long) retries: call
+    :func:`check_tracking_uri` first so that a dead server fails in seconds, not minutes.
     """
 
     def __init__(
