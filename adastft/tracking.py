@@ -181,28 +181,31 @@ def _check_server(uri: str, timeout: float) -> None:
         return TrackingUnavailable(
             f"MLflow tracking server {uri} is unreachable ({reason}): start it or set tracking.uri")
 
-    try:
-        response = requests.get(f"{uri}/health", timeout=timeout)
-    except requests.Timeout:
-        raise unreachable(f"no answer within {timeout:g} s") from None
-    except requests.ConnectionError as err:
-        refused = "refused" in str(err).lower()
-        raise unreachable("connection refused" if refused else f"connection failed: {err}") from None
-    if response.ok:
+    # MLflow's own request helper, so that its TLS and credential settings apply, but no retries.
+    creds = MlflowClient(uri)._tracking_client.store.get_host_creds()
+
+    def get(endpoint: str, **kwargs) -> requests.Response:
+        try:
+            return http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0, timeout=timeout, **kwargs)
+        except MlflowException as err:
+            text = str(err).lower()
+            if "refused" in text:
+                raise unreachable("connection refused") from None
+            if "timed out" in text or "timeout" in text:
+                raise unreachable(f"no answer within {timeout:g} s") from None
+            raise unreachable(_short(err)) from None
+
+    health = get("/health")
+    if health.ok:
         return
     # No /health (a reverse proxy in front, an older server): the REST API itself must answer.
-    store = MlflowClient(uri)._tracking_client.store
-    try:
-        answer = http_request(store.get_host_creds(), "/api/2.0/mlflow/experiments/search", "GET",
-                              max_retries=0, backoff_factor=0, timeout=timeout, params={"max_results": 1})
-    except MlflowException as err:
-        raise unreachable(f"no REST API: {err}") from None
+    answer = get("/api/2.0/mlflow/experiments/search", params={"max_results": 1})
     if answer.status_code in (401, 403):
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} refused the credentials (HTTP {answer.status_code}): set "
             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
     if not answer.ok:
-        raise unreachable(f"HTTP {response.status_code} on /health and {answer.status_code} on the REST API")
+        raise unreachable(f"HTTP {health.status_code} on /health and {answer.status_code} on the REST API")
 
 
 def _is_transient(err: Exception) -> bool:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import matplotlib
@@ -116,6 +119,38 @@ def test_check_closed_port_is_unavailable_fast():
     assert time.monotonic() - start < 5.0
     assert str(info.value) == (f"MLflow tracking server {uri} is unreachable (connection refused): "
                                "start it or set tracking.uri")
+
+
+@pytest.mark.parametrize("health, api, message", [
+    (404, 200, None),  # a proxy without /health in front of a working server
+    (404, 401, "refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME"),
+    (404, 404, "is unreachable (HTTP 404 on /health and 404 on the REST API)"),
+])
+def test_check_server_without_health_falls_back_to_rest(health, api, message):
+    # A stand-in for a reverse proxy: the real server cannot be made to drop /health.
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(health if self.path.startswith("/health") else api)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    proxy = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{proxy.server_port}"
+    try:
+        if message is None:
+            check_tracking_uri(uri)
+        else:
+            with pytest.raises(TrackingUnavailable, match=re.escape(f"MLflow tracking server {uri} ") + ".*"
+                               + re.escape(message)):
+                check_tracking_uri(uri)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 # ---- Tracker on a SQLite store -----------------------------------------------------------------
