@@ -49,17 +49,25 @@ class TrainCrops(Dataset):
         self.parts = parts
         self.indices, self.crop_samples = _check(store, split, parts)
         self.seed = int(seed)
+        self.epoch = 0
         self._rng: np.random.Generator | None = None
         self._rng_owner: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Start the crop stream of ``epoch``: crops then depend on (seed, epoch) alone, so a run
+        resumed at an epoch draws what the uninterrupted run drew. With DataLoader workers, use
+        non-persistent workers (they pick the epoch up when they start)."""
+        self.epoch = int(epoch)
+        self._rng = None
+
     def _generator(self) -> np.random.Generator:
         info = get_worker_info()
         owner = -1 if info is None else info.seed
         if self._rng is None or self._rng_owner != owner:  # a fresh stream per worker process
-            self._rng = np.random.default_rng([self.seed, owner + 1])
+            self._rng = np.random.default_rng([self.seed, self.epoch, owner + 1])
             self._rng_owner = owner
         return self._rng
 

@@ -1,0 +1,121 @@
+"""The classifier: AdaSTFT front end(s) -> activation -> normalisation -> torchvision ResNet."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from adastft.layer import AdaSTFT, AdaSTFTBank
+
+log = logging.getLogger(__name__)
+
+BACKBONES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
+
+
+class AdaSTFTClassifier(nn.Module):
+    """Waveform in, class logits out.
+
+    ``(batch, time) -> (batch, num_classes)``. The front end is an :class:`AdaSTFT` (its
+    spectrogram is copied to the ResNet's three input channels) or an :class:`AdaSTFTBank` of
+    three (one spectrogram per channel). ``spec_augment`` (a module on ``(B, C, F, T)``) runs in
+    training mode only.
+
+    Example::
+
+        model = AdaSTFTClassifier(AdaSTFT(22050, n_fft=1024, hop_length=512, compression="log1p"),
+                                  num_classes=10)
+        logits = model(torch.randn(16, 55125))  # (16, 10)
+    """
+
+    def __init__(
+        self,
+        frontend: AdaSTFT | AdaSTFTBank,
+        num_classes: int,
+        backbone: str = "resnet18",
+        activation: str | None = None,
+        norm: str = "batch",
+        dropout: float = 0.2,
+        pretrained_path: str | Path | None = None,
+        spec_augment: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        channels = len(frontend) if isinstance(frontend, AdaSTFTBank) else 1
+        if channels not in (1, 3):
+            raise ValueError(f"the front end must give 1 or 3 channels, got {channels}")
+        self.frontend = frontend
+        self.channels = channels
+        if activation is None:
+            self.activation = nn.Identity()
+        elif activation == "leaky_relu":
+            self.activation = nn.LeakyReLU(0.01)
+        else:
+            raise ValueError(f"activation must be None or 'leaky_relu', got {activation!r}")
+        norms = {
+            "batch": lambda: nn.BatchNorm2d(channels),
+            "instance": lambda: nn.InstanceNorm2d(channels, affine=True),
+            "none": nn.Identity,
+        }
+        if norm not in norms:
+            raise ValueError(f"norm must be one of batch, instance, none, got {norm!r}")
+        self.norm = norms[norm]()
+        self.spec_augment = spec_augment if spec_augment is not None else nn.Identity()
+        net = getattr(torchvision.models, backbone)(weights=None)
+        if pretrained_path is not None:
+            _load_backbone(net, Path(pretrained_path))
+        net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, num_classes))
+        self.backbone = net
+
+    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised front-end output fed to the ResNet, ``(B, time) -> (B, 3, F, T)``."""
+        spec = self.frontend(x)
+        if self.channels == 1:
+            spec = spec.unsqueeze(1)  # (B, 1, F, T)
+        spec = self.norm(self.activation(spec))
+        if self.training:
+            spec = self.spec_augment(spec)
+        return spec.expand(-1, 3, -1, -1) if self.channels == 1 else spec  # (B, 3, F, T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.spectrogram(x))
+
+    def frontends(self) -> list[AdaSTFT]:
+        return list(self.frontend.layers) if isinstance(self.frontend, AdaSTFTBank) else [self.frontend]
+
+    def set_frontend_learning(self, window: bool | None = None, kernel: bool | None = None) -> None:
+        self.frontend.set_learning(window=window, kernel=kernel)
+
+    def parameter_groups(self, lr: float, weight_decay: float, frontend_lr: float | None = None) -> list[dict]:
+        """Back end with weight decay; front end in its own group, no decay, optional own lr."""
+        frontend = self.frontend.parameter_groups(lr=frontend_lr if frontend_lr is not None else lr)
+        front_ids = {id(p) for g in frontend for p in g["params"]}
+        rest = [p for p in self.parameters() if id(p) not in front_ids]
+        return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *frontend]
+
+
+def _load_backbone(net: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"model.pretrained_path {str(path)!r} is not a file: give a local torchvision state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle payload or a damaged file
+        raise ValueError(f"model.pretrained_path {str(path)!r} is not a loadable state dict: {exc}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # our head differs
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"model.pretrained_path {str(path)!r} does not fit the backbone: "
+            f"{len(missing)} missing and {len(unexpected)} unexpected keys (e.g. {(missing + unexpected)[0]!r})"
+        )
+    log.info("loaded backbone weights from %s", path)

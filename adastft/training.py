@@ -1,0 +1,400 @@
+"""``train(cfg) -> metrics``: the one training path for the CLI, the tests and every Tune trial.
+
+Per epoch: train on random crops, validate by voting over each clip's parts, log to MLflow (rank
+0), write ``last.pt`` (and ``best.pt`` when validation clip accuracy improves) atomically, report
+to the caller's reporter and ask it whether to stop. At the end the test split is evaluated with
+the best checkpoint. The same function runs as one process or as N DDP ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from adastft import distributed, plots
+from adastft.checkpoint import load_checkpoint, save_checkpoint
+from adastft.config import Config
+from adastft.data import Augment, ClipStore, EvalParts, SpecAugment, TrainCrops, prepare, vote
+from adastft.layer import AdaSTFT, AdaSTFTBank
+from adastft.model import AdaSTFTClassifier
+from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """What the caller (the CLI, a test, a Tune trial) hears each epoch."""
+
+    def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullReporter:
+    def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; the run is marked FAILED."""
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    clip_accuracy: float
+    segment_accuracy: float
+    confusion: np.ndarray  # (classes, classes), rows = true class
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}_loss": self.loss,
+            f"{prefix}_clip_accuracy": self.clip_accuracy,
+            f"{prefix}_segment_accuracy": self.segment_accuracy,
+        }
+
+
+# ---- building blocks --------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, num_classes: int) -> AdaSTFTClassifier:
+    """The classifier a config describes (front-end learning switched off: train() sets it)."""
+    layer_kwargs = cfg.stft.layer_kwargs(cfg.data.sample_rate)
+    frontend = AdaSTFT(**layer_kwargs) if cfg.model.n_frontends == 1 else AdaSTFTBank(cfg.model.n_frontends, **layer_kwargs)
+    d = cfg.data
+    spec_augment = None
+    if d.augment and (d.time_masks or d.freq_masks):
+        spec_augment = SpecAugment(freq_mask_param=d.freq_mask_bins, time_mask_param=d.time_mask_frames,
+                                   n_freq_masks=d.freq_masks, n_time_masks=d.time_masks)
+    return AdaSTFTClassifier(
+        frontend, num_classes, backbone=cfg.model.backbone, activation=cfg.model.activation,
+        norm=cfg.model.norm, dropout=cfg.model.dropout, pretrained_path=cfg.model.pretrained_path,
+        spec_augment=spec_augment,
+    )
+
+
+def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimizer:
+    groups = model.parameter_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.stft.lr)
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+
+
+def build_augment(cfg: Config) -> nn.Module | None:
+    d = cfg.data
+    if not d.augment:
+        return None
+    return Augment(
+        noise_snr_db=tuple(d.noise_snr_db) if d.noise_snr_db else None,
+        gain_db=tuple(d.gain_db) if d.gain_db else None,
+        max_delay_s=d.max_delay_s,
+        sample_rate=d.sample_rate,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
+    # Every epoch starts from a seed of its own, so a resumed run draws exactly the crops,
+    # augmentations and dropout masks the uninterrupted run drew.
+    return (cfg.train.seed * 1_000_003 + epoch * 7919 + rank) % 2**63
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _learning_switches(cfg: Config, epoch: int) -> tuple[bool, bool]:
+    on = epoch >= cfg.stft.learn_after_epoch
+    return cfg.stft.learn_window and on, cfg.stft.learn_kernel and on
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    store: ClipStore,
+    split: str,
+    parts: int,
+    batch_clips: int,
+    device: torch.device,
+    ctx: distributed.DistContext,
+    vote_method: str = "majority",
+    amp: bool = False,
+) -> EvalResult:
+    """Clip accuracy by voting over ``parts`` segments, segment accuracy and loss; exact under DDP.
+
+    Each rank takes every ``world_size``-th clip; counts are summed over ranks.
+    """
+    model.eval()
+    n_classes = len(store.classes)
+    dataset = EvalParts(store, split=split, parts=parts)
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    loader = DataLoader(shard, batch_size=batch_clips, shuffle=False)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, segments, correct segs, correct clips
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=device)
+    for segments, labels in loader:
+        b = segments.shape[0]
+        segments, labels = segments.to(device), labels.to(device)
+        with _autocast(device, amp):
+            logits = model(segments.reshape(b * parts, -1)).float().reshape(b, parts, n_classes)
+        seg_labels = labels.repeat_interleave(parts)
+        loss = nn.functional.cross_entropy(logits.reshape(b * parts, -1), seg_labels, reduction="sum")
+        predictions = vote(logits, method=vote_method)
+        totals += torch.stack([
+            loss.double(),
+            torch.tensor(float(b * parts), device=device, dtype=torch.float64),
+            (logits.argmax(-1).reshape(-1) == seg_labels).sum().double(),
+            (predictions == labels).sum().double(),
+        ])
+        confusion.index_put_((labels, predictions), torch.ones(b, dtype=torch.float64, device=device), accumulate=True)
+    ctx.all_reduce_sum(totals)
+    ctx.all_reduce_sum(confusion)
+    n_clips = float(confusion.sum())
+    return EvalResult(
+        loss=float(totals[0] / max(totals[1], 1)),
+        clip_accuracy=float(totals[3] / max(n_clips, 1)),
+        segment_accuracy=float(totals[2] / max(totals[1], 1)),
+        confusion=confusion.cpu().numpy().astype(np.int64),
+    )
+
+
+# ---- the training function ----------------------------------------------------------------------
+
+
+def train(cfg: Config | Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, float]:
+    """Train the classifier a config describes and return its final metrics.
+
+    ``cfg`` is a :class:`Config` or a mapping (validated here). Returns the last epoch's metrics
+    plus ``best_val_clip_accuracy`` and the test split's metrics (``test_*``), evaluated with the
+    best checkpoint. Raises :class:`NonFiniteLoss` when the loss turns NaN or infinite.
+    """
+    cfg = cfg if isinstance(cfg, Config) else Config.from_dict(cfg)
+    reporter = reporter or NullReporter()
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, reporter, ctx)
+    finally:
+        ctx.close()
+
+
+def _tracking_uri(cfg: Config) -> str:
+    return cfg.tracking.uri or default_tracking_uri(Path.cwd())
+
+
+def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dict[str, float]:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = ctx.device
+    amp = cfg.train.amp and device.type == "cuda"
+    out_dir = Path(cfg.train.out_dir)
+    if ctx.is_main and cfg.tracking.enabled:
+        check_tracking_uri(_tracking_uri(cfg))  # before any expensive work
+
+    store = prepare(cfg.data.spec())
+    n_classes = len(store.classes)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, n_classes).to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optim.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    augment = build_augment(cfg)
+    if augment is not None:
+        augment = augment.to(device)
+
+    start_epoch, best_acc, history, run_id = 0, -1.0, [], None
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if cfg.train.resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_acc = state["epoch"] + 1, state["best_val_clip_accuracy"]
+        history, run_id = list(state["history"]), state.get("mlflow_run_id")
+        log.info("resuming from %s at epoch %d", last_path, start_epoch)
+
+    tracker = NullTracker()
+    if ctx.is_main and cfg.tracking.enabled:
+        tags = {"experiment": cfg.name, "learn_window": str(cfg.stft.learn_window),
+                "learn_kernel": str(cfg.stft.learn_kernel), "n_frontends": str(cfg.model.n_frontends),
+                **cfg.tracking.tags}
+        tracker = Tracker(
+            _tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
+            tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
+        )
+        if run_id is None:
+            tracker.log_params(cfg.to_dict())
+            tracker.log_params({"data.classes": ",".join(store.classes), "data.train_clips": len(store.indices("train"))})
+
+    train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=ctx.distributed)
+    drop_last = len(train_set) // ctx.world_size > cfg.data.batch_size  # BatchNorm needs batches > 1
+    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+
+    switches, net = None, model
+    metrics: dict[str, float] = {}
+    status = "FAILED"
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            started = time.perf_counter()
+            if _learning_switches(cfg, epoch) != switches:
+                switches = _learning_switches(cfg, epoch)
+                model.set_frontend_learning(window=switches[0], kernel=switches[1])
+                # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it
+                # whenever the front end's learning switches change.
+                net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+                    if ctx.distributed else model
+            seed_everything(_epoch_seed(cfg, epoch, ctx.rank))
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
+                           cfg.data.vote, amp)
+            fronts = model.frontends()
+            metrics = {
+                "epoch": float(epoch),
+                "train_loss": train_loss,
+                **val.metrics("val"),
+                "lr": lr,
+                "window_change": sum(f.window_change() for f in fronts) / len(fronts),
+                "kernel_change": sum(f.kernel_change() for f in fronts) / len(fronts),
+                "epoch_seconds": time.perf_counter() - started,
+            }
+            improved = val.clip_accuracy > best_acc
+            best_acc = max(best_acc, val.clip_accuracy)
+            metrics["best_val_clip_accuracy"] = best_acc
+            history.append(metrics)
+            if ctx.is_main:
+                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                    "best_val_clip_accuracy": best_acc, "history": history, "config": cfg.to_dict(),
+                    "classes": list(store.classes), "rng": _rng_state(), "mlflow_run_id": tracker.run_id,
+                    "val_confusion": torch.from_numpy(val.confusion),
+                }
+                if improved:
+                    save_checkpoint(state, best_path)
+                save_checkpoint(state, last_path)
+                log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
+                         epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
+                         val.segment_accuracy, metrics["epoch_seconds"])
+            ctx.barrier()
+            reporter.report(metrics, out_dir)
+            if ctx.any(reporter.should_stop()):
+                log.info("stopped by the caller after epoch %d", epoch + 1)
+                break
+        metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
+        status = "FINISHED"
+        return metrics
+    except NonFiniteLoss as exc:
+        tracker.set_tags({"failure": str(exc)})
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches) -> float:
+    net.train()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for step, (x, y) in enumerate(loader):
+        if max_batches is not None and step >= max_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
+        with _autocast(device, amp):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
+        if ctx.any(not bool(torch.isfinite(loss))):
+            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+    ctx.all_reduce_sum(total)
+    return float(total[0] / max(total[1], 1))
+
+
+def _finish(cfg, model, store, device, ctx, tracker, history, amp) -> dict[str, float]:
+    """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
+    out_dir = Path(cfg.train.out_dir)
+    last_fronts = [(f.window.detach().clone(), f.kernel.detach().clone()) for f in model.frontends()]
+    best_path = out_dir / "best.pt"
+    ctx.barrier()
+    best = load_checkpoint(best_path, map_location=device) if best_path.exists() else None
+    if best is not None:
+        model.load_state_dict(best["model"])
+    test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
+    results = {**test.metrics("test"), "best_val_clip_accuracy": max(h["val_clip_accuracy"] for h in history)}
+    if not ctx.is_main:
+        return results
+    tracker.log_metrics(results, step=len(history))
+    if best is not None:
+        save_checkpoint({"model": best["model"], "config": cfg.to_dict(), "classes": list(store.classes),
+                         "epoch": best["epoch"]}, out_dir / "best_model.pt")
+    if isinstance(tracker, NullTracker):
+        return results
+    fronts = model.frontends()
+    for i, front in enumerate(fronts):
+        prefix = f"frontend{i}_" if len(fronts) > 1 else ""
+        window_last, kernel_last = last_fronts[i]
+        tracker.log_tensor(f"{prefix}window_last", window_last)
+        tracker.log_tensor(f"{prefix}kernel_last", kernel_last)
+        tracker.log_tensor(f"{prefix}window_best", front.window)
+        tracker.log_tensor(f"{prefix}kernel_best", front.kernel)
+        tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window (best)"),
+                           f"plots/{prefix}window.png")
+        tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel, title=f"{prefix}kernel change (best)"),
+                           f"plots/{prefix}kernel_change.png")
+    if best is not None:
+        tracker.log_figure(plots.plot_confusion(best["val_confusion"].numpy(), store.classes, "validation (best epoch)"),
+                           "plots/confusion_val_best.png")
+    tracker.log_figure(plots.plot_confusion(test.confusion, store.classes, "test (best checkpoint)"),
+                       "plots/confusion_test.png")
+    tracker.log_figure(plots.plot_curves(history), "plots/learning_curves.png")
+    tracker.log_dict(cfg.to_dict(), "config.yaml")
+    if (out_dir / "best_model.pt").exists():
+        tracker.log_artifact(out_dir / "best_model.pt", "checkpoint")
+    if cfg.tracking.log_model:
+        uri = tracker.log_model(model.cpu(), name="best_model")
+        if uri:
+            tracker.set_tags({"best_model_uri": uri})
+        model.to(device)
+    return results

@@ -1,0 +1,140 @@
+"""Every config file composes, validates and instantiates; bad keys and values get one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from adastft.config import Config, ConfigError
+from adastft.train import CONFIG_DIR, resolve
+from adastft.training import build_model
+
+GROUPS = ["data", "stft", "model", "optim", "train", "tracking"]
+NEEDS = {"data/gtzan": ["data.root=/data/gtzan"], "data/folder": ["data.root=/data/mine"],
+         "tracking/server": ["tracking.uri=http://127.0.0.1:5000"]}
+
+
+def _compose(overrides: list[str]) -> Config:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return resolve(compose("config", overrides=overrides))
+
+
+def _options():
+    for group in GROUPS:
+        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            yield f"{group}/{path.stem}"
+
+
+@pytest.mark.parametrize("option", list(_options()))
+def test_every_group_option_composes_and_instantiates(option):
+    group, name = option.split("/")
+    cfg = _compose([f"{group}={name}", *NEEDS.get(option, [])])
+    model = build_model(cfg, num_classes=10)
+    assert model.channels == cfg.model.n_frontends
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment):
+    cfg = _compose([f"experiment={experiment}", "data.root=/data/gtzan"])
+    assert cfg.name == experiment and cfg.train.out_dir == f"runs/{experiment}"
+    build_model(cfg, num_classes=10)
+
+
+def test_the_seven_original_trials_are_the_reports():
+    seen = {}
+    for name in EXPERIMENTS:
+        if name.startswith("original_"):
+            cfg = _compose([f"experiment={name}", "data.root=/data/gtzan"])
+            seen[name] = (cfg.stft.learn_window, cfg.stft.learn_kernel, cfg.model.n_frontends)
+            assert (cfg.optim.name, cfg.data.parts, cfg.data.augment, cfg.data.batch_size) == ("adamw", 12, True, 16)
+            assert cfg.optim.lr == pytest.approx(0.004217059205126061)
+            assert cfg.optim.gamma == pytest.approx(0.9974547047513221)
+    assert sorted(seen.values()) == sorted([
+        (False, False, 1), (True, False, 1), (False, True, 1), (True, True, 1),
+        (True, False, 3), (False, True, 3), (True, True, 3),
+    ])
+
+
+def test_config_files_start_with_the_command_that_runs_them():
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        head = path.read_text().splitlines()[:3]
+        assert any("python -m adastft.train" in line or "mlflow ui" in line for line in head), path
+
+
+BAD = [
+    ({"train": {"epoch": 3}}, "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    ({"trian": {}}, "unknown key 'trian' (did you mean 'train'?)"),
+    ({"optim": {"lr": "fast"}}, "optim.lr must be a finite number, got 'fast'"),
+    ({"optim": {"lr": -1.0}}, "optim.lr must be > 0, got -1.0"),
+    ({"optim": {"name": "adam"}}, "optim.name must be one of adamw, sgd, got 'adam'"),
+    ({"train": {"epochs": 2.5}}, "train.epochs must be an integer, got 2.5"),
+    ({"data": {"augment": "yes"}}, "data.augment must be true or false, got 'yes'"),
+    ({"data": {"source": "gtzan"}}, "data.root must be set for source='gtzan'"),
+    ({"model": {"backbone": "vgg16"}}, "model.backbone must be one of resnet18"),
+    ({"model": {"n_frontends": 2}}, "model.n_frontends must be one of 1, 3, got 2"),
+    ({"stft": {"n_fft": 1}}, "stft: n_fft must be an integer >= 2, got 1"),
+    ({"stft": {"window": "gauss"}}, "stft: window must be one of"),
+    ({"data": {"parts": 1000, "clip_seconds": 6.0}}, "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024"),
+    ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be [low, high] with low <= high"),
+    ({"train": {"device": "tpu"}}, "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("data,message", BAD, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_config_is_one_line_naming_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_round_trip_and_dotted_overrides():
+    cfg = Config.from_dict({"optim": {"lr": 1}})
+    assert isinstance(cfg.optim.lr, float)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    merged = cfg.merged({"optim.lr": 0.5, "stft.learn_kernel": True})
+    assert merged.optim.lr == 0.5 and merged.stft.learn_kernel and not cfg.stft.learn_kernel
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
+        cfg.merged({"optim.lrr": 0.5})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train.epochs=abc"], "adastft.train: error: train.epochs must be an integer, got 'abc'"),
+        (["data=gtzan"], "adastft.train: error: data.root is required"),
+        (["+train.epoch=3"], "adastft.train: error: unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    ],
+)
+def test_cli_rejects_bad_config_before_work(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "adastft.train", *args, f"train.out_dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_library_never_imports_ray_or_hydra():
+    code = (
+        "import sys, adastft, adastft.training, adastft.train, adastft.predict, adastft.data, adastft.tracking;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra')]; print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_library_sources_do_not_mention_ray_or_hydra_imports():
+    root = Path(__file__).resolve().parents[1] / "adastft"
+    for path in root.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ray", "from ray")):
+                pytest.fail(f"{path} imports Ray: {stripped}")
+            if stripped.startswith(("import hydra", "from hydra")) and path.name != "train.py":
+                pytest.fail(f"{path} imports Hydra: {stripped}")
