@@ -178,6 +178,7 @@ class TrackingConfig:
     experiment: str = "adastft"
     run_name: str | None = None
     parent_run_id: str | None = None  # set by the search: trials are nested under the study's run
+    run_id: str | None = None  # continue this run instead of starting one (the search's retries)
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
 

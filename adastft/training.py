@@ -41,6 +41,9 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    def heartbeat(self) -> None:
+        """Called after every training step: the caller's watchdog sees progress."""
+
 
 class NullReporter:
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
@@ -48,6 +51,9 @@ class NullReporter:
 
     def should_stop(self) -> bool:
         return False
+
+    def heartbeat(self) -> None:
+        pass
 
 
 class NonFiniteLoss(RuntimeError):
@@ -233,7 +239,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     if augment is not None:
         augment = augment.to(device)
 
-    start_epoch, best_acc, history, run_id = 0, -1.0, [], None
+    start_epoch, best_acc, history, run_id = 0, -1.0, [], cfg.tracking.run_id
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if cfg.train.resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
@@ -242,7 +248,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_acc = state["epoch"] + 1, state["best_val_clip_accuracy"]
-        history, run_id = list(state["history"]), state.get("mlflow_run_id")
+        history, run_id = list(state["history"]), state.get("mlflow_run_id") or cfg.tracking.run_id
         log.info("resuming from %s at epoch %d", last_path, start_epoch)
 
     tracker = NullTracker()
@@ -254,7 +260,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             _tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
             tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
         )
-        if run_id is None:
+        if not start_epoch:
             tracker.log_params(cfg.to_dict())
             tracker.log_params({"data.classes": ",".join(store.classes), "data.train_clips": len(store.indices("train"))})
 
@@ -267,7 +273,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
 
     switches, net = None, model
     metrics: dict[str, float] = {}
-    status = "FAILED"
+    status, finished = "FAILED", False
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             started = time.perf_counter()
@@ -281,7 +287,8 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             seed_everything(_epoch_seed(cfg, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches)
+            train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches,
+                                      getattr(reporter, "heartbeat", None))
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
@@ -316,21 +323,31 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                          epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
                          val.segment_accuracy, metrics["epoch_seconds"])
             ctx.barrier()
+            if epoch == cfg.train.epochs - 1:
+                # Finish before the last report: a caller may end the process on it (Tune stops
+                # a trial that reached its last epoch from inside that report).
+                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
+                finished = True
             reporter.report(metrics, out_dir)
-            if ctx.any(reporter.should_stop()):
+            if not finished and ctx.any(reporter.should_stop()):
                 log.info("stopped by the caller after epoch %d", epoch + 1)
                 break
-        metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
+        if not finished:
+            metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
         status = "FINISHED"
         return metrics
     except NonFiniteLoss as exc:
         tracker.set_tags({"failure": str(exc)})
         raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: stopped from outside
+            status = "KILLED"
+        raise
     finally:
         tracker.end(status)
 
 
-def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches) -> float:
+def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat) -> float:
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(loader):
@@ -347,6 +364,8 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if heartbeat is not None:
+            heartbeat()
         total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
     ctx.all_reduce_sum(total)
     return float(total[0] / max(total[1], 1))

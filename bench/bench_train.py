@@ -30,8 +30,8 @@ from adastft.training import build_augment, build_model, build_optimizer  # noqa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clips-per-class", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--clips-per-class", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -80,7 +80,7 @@ def main() -> None:
             start = time.perf_counter()
             for _, (x, y) in zip(range(args.steps), source):
                 loss = step(x, y)
-            float(loss)
+            float(loss.detach())
             return time.perf_counter() - start
 
         # alternate the two, twice, so drift of the machine hits both alike

@@ -1,0 +1,108 @@
+"""The search: Ray Tune + Optuna TPE + ASHA or median stopping over adastft.training.train.
+
+Run: ``python tune/search.py --trials 100 [flags] [Hydra overrides ...]``, e.g.
+``python tune/search.py --trials 100 data=gtzan data.root=/data/gtzan``;
+quickstart: ``python tune/search.py --trials 6 search=quickstart experiment=quickstart``;
+on a cluster: ``ray job submit --working-dir . -- python tune/search.py --trials 100 --address auto
+--storage s3://bucket/adastft ...``.
+
+Overrides are those of ``python -m adastft.train`` plus ``search=<configs/search/*>`` and
+``scheduler.<key>=...``. Everything is validated before Ray starts. Results: ``<storage>/<name>``
+holds Tune's experiment (trials, checkpoints), the Optuna study (``optuna.db``) and the summary;
+MLflow has one parent run for the study and one child run per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# `tune.*` and `adastft` from this checkout, here and (through PYTHONPATH) in Ray's workers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Ray's noise off before it is imported; the progress table stays.
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from adastft.config import ConfigError  # noqa: E402
+from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
+from tune.settings import REMOTE_SCHEMES, SearchError, absolutise, compose, storage_root  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="python tune/search.py",
+        description="Hyper-parameter search over adastft training (Ray Tune + Optuna TPE).",
+        epilog="Anything else is a Hydra override, e.g. data=gtzan data.root=/data/gtzan optim=sgd.",
+    )
+    p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
+    p.add_argument("--search", default="default", help="search space: configs/search/<name>.yaml (default: default)")
+    p.add_argument("--scheduler", choices=["asha", "median", "none"], default="asha",
+                   help="early stopping on epochs (default asha)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial; fractions pack trials on a GPU (default: 0.5 if a GPU is visible, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial, or per worker (default 1)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="DDP workers per trial; >1 runs each trial as a Ray Train TorchTrainer (default 1)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials at once (default: what the resources allow)")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default: a local Ray")
+    p.add_argument("--storage", default=None,
+                   help="results folder or URI (default ./runs/search); shared storage (s3://, NFS) on a multi-node cluster")
+    p.add_argument("--name", default="study", help="study name: the folder under --storage and the MLflow parent run")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint (default 2)")
+    p.add_argument("--stall-timeout", type=float, default=900.0,
+                   help="seconds without a finished training step before a trial is stopped (default 900; 0 = never)")
+    p.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default sqlite:///<storage>/<name>/optuna.db)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
+    args, overrides = p.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        p.error(f"unknown flag {bad[0]} (Hydra overrides look like key=value)")
+    for name in ("trials", "workers_per_trial", "max_failures"):
+        value = getattr(args, name)
+        if value < (0 if name == "max_failures" else 1):
+            p.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'max_failures' else 1}, got {value}")
+    if args.cpus_per_trial <= 0:
+        p.error(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        p.error(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.stall_timeout < 0:
+        p.error(f"--stall-timeout must be >= 0, got {args.stall_timeout}")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    cwd = Path.cwd()
+    try:
+        base, spec, sched = compose(overrides, args.search, args.scheduler)
+        base = absolutise(base, cwd)
+        storage = storage_root(args.storage, cwd)
+        exp_dir_local = None if storage.startswith(REMOTE_SCHEMES) else Path(storage) / args.name
+        if exp_dir_local is not None and exp_dir_local.exists() and not args.resume:
+            raise SearchError(f"study {args.name!r} already exists in {storage}: add --resume to continue it, "
+                              "or pick another --name")
+        if args.resume and exp_dir_local is not None and not exp_dir_local.exists():
+            raise SearchError(f"--resume: no study {args.name!r} in {storage} to continue")
+        if base.tracking.enabled:
+            check_tracking_uri(base.tracking.uri)
+    except (ConfigError, SearchError, TrackingUnavailable) as exc:
+        print(f"search: error: {exc}", file=sys.stderr)
+        return 2
+    from tune.run import run_study  # imports Ray: only after the checks
+
+    try:
+        return run_study(args, base, spec, sched, storage, exp_dir_local)
+    except SearchError as exc:
+        print(f"search: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

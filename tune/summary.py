@@ -1,0 +1,168 @@
+"""What a study leaves behind: the trial table, the best configuration as an experiment file,
+Optuna's plots, and the MLflow bookkeeping of trials Tune stopped from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from ray import tune  # noqa: E402
+
+from adastft import plots  # noqa: E402
+from adastft.checkpoint import load_checkpoint  # noqa: E402
+from adastft.config import Config  # noqa: E402
+from adastft.tracking import Tracker  # noqa: E402
+
+from tune.trainable import TRIAL_TAG, find_trial_run  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class TrialRunCallback(tune.Callback):
+    """Closes the MLflow run of a trial that Tune ended from outside.
+
+    A trial stopped by the scheduler (pruned) or killed never reaches its own cleanup: the
+    driver ends its run as KILLED, tags it ``pruned``, and logs the learned window and kernel
+    from the trial's last checkpoint, so every trial in the UI has its tensors and plots.
+    """
+
+    def __init__(self, study: Mapping[str, Any], max_epochs: int) -> None:
+        self.study = dict(study)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        if epochs < self.max_epochs:
+            self._close(trial, "KILLED", {"pruned": "true", "stopped_after_epochs": str(epochs)})
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._close(trial, "FAILED", {"failure": "the trial raised or its process died; see the Tune log"})
+
+    def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+        try:
+            run_id = find_trial_run(self.study, trial.trial_id)
+            if run_id is None:
+                return
+            tracker = Tracker(self.study["tracking_uri"], self.study["experiment"], run_id=run_id)
+            tracker.set_tags(tags)
+            if status == "KILLED" and trial.checkpoint is not None:
+                with trial.checkpoint.as_directory() as ck:
+                    _log_frontends(tracker, Path(ck) / "last.pt")
+            tracker.end(status)
+        except Exception as exc:  # bookkeeping must never stop the study
+            log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, exc)
+
+
+def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
+    if not checkpoint.is_file():
+        return
+    from adastft.training import build_model
+
+    state = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(state["config"])
+    model = build_model(cfg, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    fronts = model.frontends()
+    for i, front in enumerate(fronts):
+        prefix = f"frontend{i}_" if len(fronts) > 1 else ""
+        tracker.log_tensor(f"{prefix}window_last", front.window)
+        tracker.log_tensor(f"{prefix}kernel_last", front.kernel)
+        tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window (last)"),
+                           f"plots/{prefix}window.png")
+        tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
+                                                    title=f"{prefix}kernel change (last)"), f"plots/{prefix}kernel_change.png")
+    tracker.log_figure(plots.plot_confusion(state["val_confusion"].numpy(), state["classes"], "validation (last epoch)"),
+                       "plots/confusion_val_last.png")
+    tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")
+
+
+def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None) -> pd.DataFrame:
+    """One row per trial: Tune id, Optuna number and state, parameters, metrics, paths, MLflow run."""
+    by_tune_id = {}
+    for frozen in study.get_trials(deepcopy=False):
+        tune_id = frozen.user_attrs.get("tune_trial_id")
+        if tune_id:
+            by_tune_id[tune_id] = frozen
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        row = {"trial_id": trial_id, "path": result.path,
+               "checkpoint": result.checkpoint.path if result.checkpoint else None,
+               "error": str(result.error).splitlines()[0] if result.error else None,
+               "epochs": metrics.get("training_iteration")}
+        row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
+        for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
+                    "train_loss", "test_clip_accuracy", "window_change", "kernel_change"):
+            row[key] = metrics.get(key)
+        frozen = by_tune_id.get(trial_id)
+        row["optuna_number"] = frozen.number if frozen else None
+        row["optuna_state"] = frozen.state.name if frozen else None
+        if tracking:
+            row["mlflow_run_id"] = find_trial_run(tracking, trial_id)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_experiment_yaml(best_cfg: Config, study_name: str, trial_id: str, metric: str, value: float) -> str:
+    """The best trial's configuration as a ready-to-run ``configs/experiment/`` file."""
+    name = f"best_{study_name}"
+    data = best_cfg.to_dict()
+    data["name"] = name
+    data["train"]["out_dir"] = "runs/${name}"
+    data["train"]["resume"] = True
+    for key in ("parent_run_id", "run_id", "run_name"):
+        data["tracking"][key] = None
+    data["tracking"]["tags"] = {k: v for k, v in data["tracking"]["tags"].items() if k not in (TRIAL_TAG, "study")}
+    header = (
+        "# @package _global_\n"
+        f"# The best trial ({trial_id}) of the search {study_name!r}: {metric} {value:.4f}.\n"
+        f"# Copy to configs/experiment/{name}.yaml and run: python -m adastft.train experiment={name}\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def optuna_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optimisation history, parameter importances and parallel coordinates, as PNG files."""
+    from optuna.visualization import matplotlib as ovm
+
+    made = []
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances),
+                     ("parallel_coordinate", ovm.plot_parallel_coordinate),
+                     ("intermediate_values", ovm.plot_intermediate_values)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            path = out_dir / f"optuna_{name}.png"
+            fig.savefig(path, dpi=100)
+            matplotlib.pyplot.close(fig)
+            made.append(path)
+        except Exception as exc:  # e.g. importances need two finished trials
+            log.info("optuna plot %s skipped: %s", name, exc)
+    return made
+
+
+def log_study(tracker: Tracker, table: pd.DataFrame, best_yaml: str | None, study: optuna.Study, out_dir: Path) -> None:
+    """Write the summary files to ``out_dir`` and log them on the study's parent run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_dir / "trials.parquet", index=False)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    study.trials_dataframe().to_csv(out_dir / "optuna_trials.csv", index=False)
+    if best_yaml:
+        (out_dir / "best_experiment.yaml").write_text(best_yaml)
+    optuna_plots(study, out_dir)
+    tracker.log_artifacts(out_dir, "study")

@@ -1,0 +1,238 @@
+"""The Tune trial: merge the sampled values into the config and call ``adastft.training.train``.
+
+Nothing here trains; it adapts. ``run_trial`` is one process; ``run_ddp_trial`` runs the same
+``train`` on N Ray Train workers (``TorchTrainer`` inside the trial, the pattern Ray 2.60
+documents), which find their process group already initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray import tune
+
+from adastft.config import Config
+from adastft.training import NonFiniteLoss, train
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+TRIAL_TAG = "tune_trial_id"
+
+
+class Watchdog:
+    """Ends this process when no training step completes for ``timeout_s`` seconds.
+
+    A stuck collective or a worker that never starts would otherwise hang the whole study; the
+    process exits with a message (and a note in ``note_dir``), Tune sees the trial fail and
+    retries it from its last checkpoint or records it as failed.
+    """
+
+    def __init__(self, timeout_s: float, label: str, note_dir: Path | None) -> None:
+        self.timeout_s = timeout_s
+        self.label = label
+        self.note_dir = note_dir
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        if timeout_s > 0:
+            threading.Thread(target=self._watch, name="adastft-watchdog", daemon=True).start()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(5.0, self.timeout_s / 4)):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                message = (f"{self.label}: no training progress for {idle:.0f} s (limit {self.timeout_s:.0f} s; "
+                           "a stuck collective or worker start?): stopping it")
+                print(message, file=sys.stderr, flush=True)
+                if self.note_dir is not None:
+                    self.note_dir.mkdir(parents=True, exist_ok=True)
+                    (self.note_dir / f"{self.label}.txt").write_text(message + "\n")
+                os._exit(75)
+
+
+class TuneReporter:
+    """The library's Reporter, speaking to Tune: metrics and a checkpoint every epoch."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        self.watchdog = watchdog
+
+    def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
+        self.watchdog.beat()
+        with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
+            _link_checkpoints(checkpoint_dir, Path(tmp))
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.watchdog.beat()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def heartbeat(self) -> None:
+        self.watchdog.beat()
+
+
+def _link_checkpoints(src: Path | None, dst: Path) -> None:
+    """Hard-link (or copy) the checkpoint files of ``src`` into ``dst``."""
+    if src is None:
+        return
+    for name in CHECKPOINT_FILES:
+        if (src / name).is_file():
+            try:
+                os.link(src / name, dst / name)
+            except OSError:
+                shutil.copy2(src / name, dst / name)
+
+
+def trial_config(params: Mapping[str, Any], base: Mapping[str, Any], study: Mapping[str, Any], trial_id: str,
+                 out_dir: Path) -> Config:
+    """The trial's resolved config: base + sampled values + where to write and log."""
+    cfg = Config.from_dict(base).merged(params)
+    tracking_run = find_trial_run(study, trial_id) if cfg.tracking.enabled else None
+    tags = {**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study["name"]}
+    return cfg.merged({
+        "train.out_dir": str(out_dir),
+        "train.resume": True,
+        "tracking.parent_run_id": study.get("parent_run_id"),
+        "tracking.run_name": f"{study['name']}-{trial_id}",
+        "tracking.run_id": tracking_run,
+        "tracking.tags": tags,
+    })
+
+
+def find_trial_run(study: Mapping[str, Any], trial_id: str) -> str | None:
+    """The MLflow run an earlier attempt of this trial made, so a retry continues it."""
+    if not study.get("parent_run_id"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study["tracking_uri"])
+    experiment = client.get_experiment_by_name(study["experiment"])
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _nonfinite_marker(study: Mapping[str, Any], trial_id: str) -> Path:
+    return Path(study["notes_dir"]) / f"{trial_id}.nonfinite"
+
+
+def run_trial(params: dict, base: dict, study: dict) -> None:
+    """One Tune trial in one process (the function trainable)."""
+    trial_id = tune.get_context().get_trial_id()
+    marker = _nonfinite_marker(study, trial_id)
+    if marker.exists():  # a retry cannot fix a diverging configuration: fail again at once
+        raise NonFiniteLoss(marker.read_text().strip())
+    out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / trial_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as ck:
+            for name in CHECKPOINT_FILES:
+                if (Path(ck) / name).is_file():
+                    shutil.copy2(Path(ck) / name, out_dir / name)
+    cfg = trial_config(params, base, study, trial_id, out_dir)
+    watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
+    try:
+        train(cfg, TuneReporter(watchdog))
+    except NonFiniteLoss as exc:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(exc))
+        raise
+    finally:
+        watchdog.stop()
+
+
+# ---- DDP trials --------------------------------------------------------------------------------
+
+
+class TrainReporter:
+    """Reporter for a Ray Train worker: every rank reports, rank 0 attaches the checkpoint."""
+
+    def __init__(self, watchdog: Watchdog, rank: int) -> None:
+        self.watchdog = watchdog
+        self.rank = rank
+
+    def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        self.watchdog.beat()
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
+                _link_checkpoints(checkpoint_dir, Path(tmp))
+                ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(dict(metrics))
+        self.watchdog.beat()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def heartbeat(self) -> None:
+        self.watchdog.beat()
+
+
+def _ddp_worker(loop_config: dict) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    study, trial_id = loop_config["study"], loop_config["trial_id"]
+    out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / f"{trial_id}-rank{rank}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as ck:
+            for name in CHECKPOINT_FILES:
+                if (Path(ck) / name).is_file():
+                    shutil.copy2(Path(ck) / name, out_dir / name)
+    cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
+    watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]))
+    try:
+        train(cfg, TrainReporter(watchdog, rank))
+    finally:
+        watchdog.stop()
+
+
+def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
+    """One Tune trial as a DDP job: a TorchTrainer with ``study['workers']`` workers."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(params, base, study, trial_id, Path(tempfile.gettempdir()))
+    use_gpu = study["gpus_per_worker"] > 0
+    resources = {"CPU": study["cpus_per_worker"]}
+    if use_gpu:
+        resources["GPU"] = study["gpus_per_worker"]
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "study": study, "trial_id": trial_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=study["workers"], use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"ddp-{trial_id}",  # the same name on a retry: Ray Train restores its own checkpoint
+            storage_path=study["storage_path"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
+        ),
+    )
+    trainer.fit()
