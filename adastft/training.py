@@ -293,6 +293,9 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             scheduler.step()
             val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
                            cfg.data.vote, amp)
+            if not math.isfinite(val.loss):  # the last step of the epoch can break the weights
+                raise NonFiniteLoss(f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: "
+                                    "lower optim.lr or check the data")
             fronts = model.frontends()
             metrics = {
                 "epoch": float(epoch),
@@ -327,7 +330,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                 # Finish before the last report: a caller may end the process on it (Tune stops
                 # a trial that reached its last epoch from inside that report).
                 metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
-                finished = True
+                finished, status = True, "FINISHED"
             reporter.report(metrics, out_dir)
             if not finished and ctx.any(reporter.should_stop()):
                 log.info("stopped by the caller after epoch %d", epoch + 1)
@@ -340,7 +343,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         tracker.set_tags({"failure": str(exc)})
         raise
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: stopped from outside
+        if not isinstance(exc, Exception) and not finished:  # SystemExit, KeyboardInterrupt: stopped from outside
             status = "KILLED"
         raise
     finally:

@@ -170,7 +170,7 @@ def test_checkpoint_write_is_atomic_and_pickles_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_predict_cli_prints_top_genres(tmp_path):
-    cfg = small_config(tmp_path, tracking={"enabled": False}, train={"epochs": 1})
+    cfg = small_config(tmp_path, tracking={"log_model": False}, train={"epochs": 1})
     train(cfg)
     rng = np.random.default_rng(0)
     song = tmp_path / "song.wav"
@@ -184,6 +184,49 @@ def test_predict_cli_prints_top_genres(tmp_path):
     assert len(lines) == 2 and lines[0].startswith(f"{song}: ")
     probs = [float(tok) for tok in lines[0].split("(")[1].rstrip(")").split()[1::2]]
     assert len(probs) == 2 and probs[0] >= probs[1] and 0 <= probs[1] <= probs[0] <= 1
+    client = MlflowClient(cfg["tracking"]["uri"])
+    (experiment,) = [e for e in client.search_experiments() if e.name == "unit"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    from_mlflow = subprocess.run([sys.executable, "-m", "adastft.predict", str(song), "--model", f"runs:/{run.info.run_id}",
+                                  "--tracking-uri", cfg["tracking"]["uri"], "--top", "2"],
+                                 capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert from_mlflow.returncode == 0, from_mlflow.stderr
+    assert from_mlflow.stdout.strip().splitlines()[0] == lines[0]  # the same model, the same answer
     bad = subprocess.run([sys.executable, "-m", "adastft.predict", str(tmp_path / "nope.wav"), "--model",
                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+class _History:
+    def __init__(self):
+        self.metrics = []
+
+    def report(self, metrics, checkpoint_dir):
+        self.metrics.append(dict(metrics))
+
+    def should_stop(self):
+        return False
+
+
+def test_front_end_starts_learning_at_the_configured_epoch(tmp_path):
+    history = _History()
+    cfg = small_config(tmp_path, tracking={"enabled": False}, train={"epochs": 2, "max_batches": 2},
+                       stft={"learn_after_epoch": 1})
+    train(cfg, history)
+    assert [m["window_change"] == 0.0 for m in history.metrics] == [True, False]
+    assert history.metrics[1]["kernel_change"] > 0
+
+
+def test_pretrained_backbone_comes_from_a_local_file_only(tmp_path):
+    import torchvision
+
+    from adastft import AdaSTFT
+    from adastft.model import AdaSTFTClassifier
+
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
+    model = AdaSTFTClassifier(AdaSTFT(8000, n_fft=256, hop_length=128, n_mels=32), num_classes=10,
+                              pretrained_path=tmp_path / "resnet18.pt")
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+    with pytest.raises(ValueError, match="model.pretrained_path .* is not a file"):
+        AdaSTFTClassifier(AdaSTFT(8000, n_fft=256, n_mels=32), num_classes=10, pretrained_path=tmp_path / "no.pt")

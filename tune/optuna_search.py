@@ -16,6 +16,7 @@ that Tune never heard of are marked FAIL.
 from __future__ import annotations
 
 import logging
+import math
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
@@ -56,6 +57,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         )
         if not pruned:
             super().on_trial_complete(trial_id, result, error)
+            return
+        if not math.isfinite(float(result[self.metric])):
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
             return
         if epochs not in ot_trial._cached_frozen_trial.intermediate_values:
             ot_trial.report(result[self.metric], epochs)  # the value the scheduler stopped it on

@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         epilog="Anything else is a Hydra override, e.g. data=gtzan data.root=/data/gtzan optim=sgd.",
     )
     p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
-    p.add_argument("--search", default="default", help="search space: configs/search/<name>.yaml (default: default)")
+    p.add_argument("--search", default="default",
+                   help="search space: a name in configs/search/ or a path to a .yaml file (default: default)")
     p.add_argument("--scheduler", choices=["asha", "median", "none"], default="asha",
                    help="early stopping on epochs (default asha)")
     p.add_argument("--gpus-per-trial", type=float, default=None,

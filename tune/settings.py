@@ -32,10 +32,13 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
 
     from adastft.train import CONFIG_DIR, resolve
 
-    if not (CONFIG_DIR / "search" / f"{search}.yaml").is_file():
+    search_file = Path(search).expanduser() if search.endswith((".yaml", ".yml")) else None
+    if search_file is not None and not search_file.is_file():
+        raise SearchError(f"--search {search!r}: no such file")
+    if search_file is None and not (CONFIG_DIR / "search" / f"{search}.yaml").is_file():
         options = sorted(p.stem for p in (CONFIG_DIR / "search").glob("*.yaml"))
-        raise SearchError(f"--search {search!r} is not in configs/search/ (have: {', '.join(options)})")
-    extra = [f"+search={search}", f"+scheduler={scheduler}"]
+        raise SearchError(f"--search {search!r} is neither a .yaml file nor in configs/search/ (have: {', '.join(options)})")
+    extra = [f"+scheduler={scheduler}"] + ([] if search_file else [f"+search={search}"])
     moved = [o for o in overrides if o.startswith(("search.", "scheduler."))]
     rest = [o for o in overrides if o not in moved]
     try:
@@ -43,10 +46,19 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
             dcfg = hydra_compose("config", overrides=rest + extra + moved)
     except HydraException as exc:
         raise SearchError(str(exc).strip().splitlines()[0]) from None
-    search_data = OmegaConf.to_container(dcfg.search, resolve=True)
+    if search_file is not None:
+        try:
+            search_data = OmegaConf.to_container(OmegaConf.load(search_file), resolve=True)
+        except Exception as exc:
+            raise SearchError(f"--search {search!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(search_data, dict):
+            raise SearchError(f"--search {search!r} must hold a mapping (metric, mode, space, ...)")
+    else:
+        search_data = OmegaConf.to_container(dcfg.search, resolve=True)
     scheduler_data = OmegaConf.to_container(dcfg.scheduler, resolve=True)
     with open_dict(dcfg):
-        del dcfg["search"], dcfg["scheduler"]
+        dcfg.pop("search", None)
+        del dcfg["scheduler"]
     base = resolve(dcfg)
     return base, SearchSpec.from_dict(search_data, base), SchedulerSpec.from_dict(scheduler_data)
 

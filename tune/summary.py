@@ -97,7 +97,7 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         row = {"trial_id": trial_id, "path": result.path,
-               "checkpoint": result.checkpoint.path if result.checkpoint else None,
+               "checkpoint": result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path"),
                "error": str(result.error).splitlines()[0] if result.error else None,
                "epochs": metrics.get("training_iteration")}
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})

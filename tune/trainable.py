@@ -36,24 +36,39 @@ class Watchdog:
     retries it from its last checkpoint or records it as failed.
     """
 
-    def __init__(self, timeout_s: float, label: str, note_dir: Path | None) -> None:
+    def __init__(self, timeout_s: float, label: str, note_dir: Path | None, beat_file: Path | None = None,
+                 watch: bool = True) -> None:
         self.timeout_s = timeout_s
         self.label = label
         self.note_dir = note_dir
+        # DDP: the workers beat into a file that the trial's driver process watches, which
+        # also catches workers that never start.
+        self.beat_file = beat_file
         self._last = time.monotonic()
+        self._written = 0.0
         self._stop = threading.Event()
-        if timeout_s > 0:
+        if timeout_s > 0 and watch:
             threading.Thread(target=self._watch, name="adastft-watchdog", daemon=True).start()
 
     def beat(self) -> None:
         self._last = time.monotonic()
+        if self.beat_file is not None and self._last - self._written > 1.0:
+            self.beat_file.parent.mkdir(parents=True, exist_ok=True)
+            self.beat_file.touch()
+            self._written = self._last
+
+    def _idle(self) -> float:
+        idle = time.monotonic() - self._last
+        if self.beat_file is not None and self.beat_file.exists():
+            idle = min(idle, time.time() - self.beat_file.stat().st_mtime)
+        return idle
 
     def stop(self) -> None:
         self._stop.set()
 
     def _watch(self) -> None:
         while not self._stop.wait(min(5.0, self.timeout_s / 4)):
-            idle = time.monotonic() - self._last
+            idle = self._idle()
             if idle > self.timeout_s:
                 message = (f"{self.label}: no training progress for {idle:.0f} s (limit {self.timeout_s:.0f} s; "
                            "a stuck collective or worker start?): stopping it")
@@ -204,7 +219,8 @@ def _ddp_worker(loop_config: dict) -> None:
                 if (Path(ck) / name).is_file():
                     shutil.copy2(Path(ck) / name, out_dir / name)
     cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
-    watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]))
+    beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None
+    watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]), beat_file)
     try:
         train(cfg, TrainReporter(watchdog, rank))
     finally:
@@ -220,7 +236,8 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(params, base, study, trial_id, Path(tempfile.gettempdir()))
     use_gpu = study["gpus_per_worker"] > 0
-    resources = {"CPU": study["cpus_per_worker"]}
+    # The trial's own process (this driver) holds 0.01 CPU; the workers leave room for it.
+    resources = {"CPU": study["cpus_per_worker"] * 0.99}
     if use_gpu:
         resources["GPU"] = study["gpus_per_worker"]
     trainer = TorchTrainer(
@@ -235,4 +252,9 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
             failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
         ),
     )
-    trainer.fit()
+    watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]),
+                        Path(study["notes_dir"]) / f"{trial_id}.beat")
+    try:
+        trainer.fit()
+    finally:
+        watchdog.stop()

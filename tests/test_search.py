@@ -1,0 +1,241 @@
+"""The search for real: `python tune/search.py` on a real local Ray, a real SQLite MLflow store,
+the synthetic set, and the Optuna study read back from its SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from adastft.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = ROOT / "tune" / "search.py"
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(tmp_path: Path, epochs: int = 4) -> list[str]:
+    """Hydra overrides for trials of a few seconds each on a CPU."""
+    return [
+        "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
+        "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
+        f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
+        f"train.epochs={epochs}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=search-test",
+        "tracking.log_model=false",
+    ]
+
+
+def space_file(tmp_path: Path, points: list[dict] | None = None) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "metric": "val_loss", "mode": "min", "seed": 0, "n_startup_trials": 2,
+        "space": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
+                  "optim.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
+                  "stft.learn_window": {"type": "categorical", "choices": [True, False]}},
+        "points_to_evaluate": points or [],
+    }))
+    return path
+
+
+def run_search(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(SEARCH), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc
+
+
+def study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/runs/search/{name}/optuna.db")
+
+
+def child_runs(tmp_path: Path, parent_name: str):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("search-test")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == parent_name and "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children
+
+
+def _artifacts(client, run_id, path=None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
+    # First points, run one at a time so ASHA's decisions do not depend on timing: one diverges
+    # (SGD at lr 1e4: it must fail alone while the study goes on; Optuna takes an enqueued value
+    # outside the distribution, with a warning), one learns gently, one is far worse at epoch 1
+    # (AdamW at lr 0.03 on this tiny set) and must be stopped there.
+    space = space_file(tmp_path, points=[{"optim.lr": 1e4, "optim.name": "sgd", "stft.learn_window": False},
+                                         {"optim.lr": 1e-4, "optim.name": "sgd", "stft.learn_window": False},
+                                         {"optim.lr": 3e-2, "optim.name": "adamw", "stft.learn_window": True}])
+    proc = run_search(tmp_path, "--trials", "5", "--search", str(space), "--name", "asha", "--max-failures", "1",
+                      "--max-concurrent", "1", *tiny(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best trial" in proc.stdout and "Trial status" in proc.stdout
+
+    trials = study(tmp_path, "asha").get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 5
+    assert trials[2].state == TrialState.PRUNED, states
+    assert states.count(TrialState.FAIL) == 1 and trials[0].state == TrialState.FAIL  # the diverging point
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, f"no trial pruned: {states}"
+    for t in pruned:  # TPE sees the truncated curve, and knows it is truncated
+        assert t.intermediate_values and max(t.intermediate_values) < 4
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]
+    assert TrialState.COMPLETE in states
+
+    client, parent, children = child_runs(tmp_path, "asha")
+    assert parent.info.status == "FINISHED"
+    parent_files = _artifacts(client, parent.info.run_id)
+    for name in ("trials.parquet", "trials.csv", "best_experiment.yaml", "optuna_trials.csv",
+                 "optuna_optimization_history.png", "optuna_parallel_coordinate.png"):
+        assert f"study/{name}" in parent_files, name
+    assert len(children) == 5 and not [r for r in children if r.info.status == "RUNNING"]
+    for run in children:
+        files = _artifacts(client, run.info.run_id)
+        if run.data.tags.get("pruned") == "true":
+            assert run.info.status == "KILLED" and "tensors/window_last.npy" in files and "plots/window.png" in files
+        elif run.info.status == "FINISHED":
+            assert {"tensors/window_best.pt", "tensors/kernel_last.npy", "plots/confusion_test.png"} <= files
+        else:
+            assert run.info.status == "FAILED"
+    assert sum(r.info.status == "FAILED" for r in children) == 1
+
+    # the best configuration is a ready-to-run experiment file
+    best = yaml.safe_load((tmp_path / "runs/search/asha/summary/best_experiment.yaml").read_text())
+    assert Config.from_dict(best).name == "best_asha"
+
+
+def test_a_trial_can_be_a_two_worker_ddp_job(tmp_path):
+    space = space_file(tmp_path)
+    proc = run_search(tmp_path, "--trials", "1", "--search", str(space), "--name", "ddp", "--workers-per-trial", "2",
+                      "--scheduler", "none", *tiny(tmp_path, epochs=2))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (trial,) = study(tmp_path, "ddp").get_trials()
+    assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+    client, _, (run,) = child_runs(tmp_path, "ddp")
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    space = space_file(tmp_path)
+    args = [sys.executable, str(SEARCH), "--trials", "3", "--search", str(space), "--name", "resume",
+            "--scheduler", "none", "--max-concurrent", "1", *tiny(tmp_path, epochs=2)]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    db = tmp_path / "runs/search/resume/optuna.db"
+    try:
+        _wait_for(lambda: db.exists() and any(t.state == TrialState.COMPLETE for t in study(tmp_path, "resume").get_trials()),
+                  300, "a finished trial")
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-study
+        driver.wait(30)
+    finally:
+        _kill_group(driver)  # then Ray's processes it had started
+    finished_before = {t.number for t in study(tmp_path, "resume").get_trials() if t.state == TrialState.COMPLETE}
+
+    proc = run_search(tmp_path, "--resume", *args[2:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = study(tmp_path, "resume").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3, [t.state for t in trials]
+    assert finished_before <= {t.number for t in complete}
+    client, _, children = child_runs(tmp_path, "resume")
+    tune_ids = [r.data.tags["tune_trial_id"] for r in children]
+    assert len(tune_ids) == len(set(tune_ids)), "an MLflow run was duplicated"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    for run in children:  # finished trials were not re-run: each epoch logged once
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        if run.info.status == "FINISHED":
+            assert steps == [0, 1], steps
+
+
+def _trial_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            except OSError:
+                continue
+            if cmd.startswith("ray::run_trial"):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
+    space = space_file(tmp_path)
+    args = [sys.executable, str(SEARCH), "--trials", "1", "--search", str(space), "--name", "retry",
+            "--scheduler", "none", "--max-failures", "2", *tiny(tmp_path, epochs=3)]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    exp = tmp_path / "runs/search/retry"
+    try:
+        _wait_for(lambda: any(exp.glob("run_trial_*/checkpoint_000000")), 300, "the first checkpoint")
+        pids = _trial_pids()
+        assert pids, "no trial process found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # mid-epoch, the trial's worker process
+        out, _ = driver.communicate(timeout=400)
+    finally:
+        _kill_group(driver)
+    assert driver.returncode == 0, out[-4000:]
+    (trial,) = study(tmp_path, "retry").get_trials()
+    assert trial.state == TrialState.COMPLETE
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    assert '"num_failures": 1' in json.dumps(state) or "num_failures\\\": 1" in json.dumps(state)
+    client, _, (run,) = child_runs(tmp_path, "retry")
+    assert run.info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_loss")})
+    assert steps == [0, 1, 2]
+
+
+def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
+    cases = [
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--search", "nope"], "--search 'nope' is neither a .yaml file nor in configs/search/"),
+        (["--search", "default", "optim.lr=-1"], "optim.lr must be > 0"),
+        (["--resume", "--name", "ghost"], "--resume: no study 'ghost'"),
+        (["--frobnicate"], "unknown flag --frobnicate"),
+        (["tracking.uri=http://127.0.0.1:9"], "is unreachable"),
+    ]
+    for args, message in cases:
+        started = time.monotonic()
+        proc = run_search(tmp_path, *args, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # argparse adds a usage line
+        assert time.monotonic() - started < 60
+    assert not (tmp_path / "runs").exists()
