@@ -182,17 +182,19 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             assert steps == [0, 1], steps
 
 
-def _trial_pids() -> list[int]:
-    pids = []
+def _trial_pids(driver_pgid: int) -> list[int]:
+    """Trial actor processes of this driver's Ray: `ray::ImplicitFunc` children of its raylet."""
+    stats = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if cmd.startswith("ray::run_trial"):
-                pids.append(int(proc.name))
-    return pids
+            stats[int(proc.name)] = (cmd, int(fields[1]), int(fields[2]))  # cmdline, ppid, pgid
+    return [pid for pid, (cmd, ppid, _) in stats.items()
+            if cmd.startswith("ray::ImplicitFunc") and stats.get(ppid, ("", 0, 0))[2] == driver_pgid]
 
 
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
@@ -204,7 +206,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     exp = tmp_path / "runs/search/retry"
     try:
         _wait_for(lambda: any(exp.glob("run_trial_*/checkpoint_000000")), 300, "the first checkpoint")
-        pids = _trial_pids()
+        pids = _trial_pids(driver.pid)  # the driver leads its own session and process group
         assert pids, "no trial process found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # mid-epoch, the trial's worker process
@@ -235,7 +237,6 @@ def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
         started = time.monotonic()
         proc = run_search(tmp_path, *args, timeout=120)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert message in proc.stderr, (args, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # argparse adds a usage line
+        assert message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr)  # one line (after usage)
         assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists()

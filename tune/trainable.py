@@ -149,8 +149,8 @@ def _nonfinite_marker(study: Mapping[str, Any], trial_id: str) -> Path:
     return Path(study["notes_dir"]) / f"{trial_id}.nonfinite"
 
 
-def run_trial(params: dict, base: dict, study: dict) -> None:
-    """One Tune trial in one process (the function trainable)."""
+def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
+    """One Tune trial in one process (the function trainable). ``train_fn``: for benchmarks."""
     trial_id = tune.get_context().get_trial_id()
     marker = _nonfinite_marker(study, trial_id)
     if marker.exists():  # a retry cannot fix a diverging configuration: fail again at once
@@ -166,7 +166,7 @@ def run_trial(params: dict, base: dict, study: dict) -> None:
     cfg = trial_config(params, base, study, trial_id, out_dir)
     watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
     try:
-        train(cfg, TuneReporter(watchdog))
+        train_fn(cfg, TuneReporter(watchdog))
     except NonFiniteLoss as exc:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(exc))

@@ -1,0 +1,226 @@
+"""The MLflow UI for real: a small search (`python tune/search.py`, real SQLite store), a real
+`mlflow server` on loopback, and headless Chromium driven by Selenium finding the study's trial
+runs and their learned-window artifacts on the pages a user would open.
+
+Needs the Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver)
+and `selenium` from PyPI; without them the test fails (it does not skip), saying what to install.
+`ADASTFT_UPDATE_DOCS=1` also copies the comparison screenshot to docs/mlflow-runs.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from test_search import ROOT, run_search, space_file, tiny
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL = ("apt-get install -y chromium chromium-driver (Debian packages: /usr/bin/chromium, /usr/bin/chromedriver) "
+           "and pip install selenium")
+WAIT = 90  # seconds for any one thing to appear in the page: the machine may have 2 slow cores
+
+
+def _browser_prerequisites():
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium Python package")
+    if missing:
+        pytest.fail(f"MLflow UI test needs {', '.join(missing)}: {INSTALL}", pytrace=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"mlflow server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _mlflow_server(tmp_path: Path):
+    """Start `mlflow server` on the study's SQLite store; returns (url, process, log path)."""
+    port = _free_port()
+    log = tmp_path / "mlflow-server.log"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+             "--artifacts-destination", str(tmp_path / "mlartifacts")],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return f"http://127.0.0.1:{port}", proc, log
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:  # the server and its uvicorn worker: the session this test started
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=20)
+
+
+def _chromium(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1600,1000"):
+        options.add_argument(flag)
+    # an explicit driver: Selenium Manager must not try to download one
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
+                            options=options)
+
+
+def _wait(driver, timeout: float = WAIT):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # the React app re-renders as data arrives: an element found a moment ago may be gone
+    return WebDriverWait(driver, timeout, poll_frequency=0.25,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+
+def _text_visible(driver, text: str, timeout: float = WAIT):
+    """Wait for an element whose own text is exactly `text` (or, for file names, starts with it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    xpath = f"//*[normalize-space(text())={json.dumps(text)}]"
+    try:
+        return _wait(driver, timeout).until(EC.visibility_of_element_located((By.XPATH, xpath)))
+    except Exception as e:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"{text!r} not shown at {driver.current_url} after {timeout} s; page text:\n"
+                             f"{body[:3000]}") from e
+
+
+def _click(driver, element) -> None:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    driver.execute_script("arguments[0].click();", element)
+
+
+def _close_assistant(driver) -> None:
+    """The MLflow Assistant side panel takes a third of the window; close it when it is there."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+        if button.is_displayed():
+            _click(driver, button)
+
+
+def test_mlflow_ui_shows_the_study_trials_and_their_window_artifacts(tmp_path):
+    _browser_prerequisites()
+    from selenium.webdriver.common.by import By
+
+    # 1. a small real study: 2 trials of 1 epoch, no early stopping
+    proc = run_search(tmp_path, "--trials", "2", "--scheduler", "none", "--search", str(space_file(tmp_path)),
+                      "--name", "ui", *tiny(tmp_path, epochs=1))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("search-test")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "ui" and "mlflow.parentRunId" not in r.data.tags]
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert len(children) == 2 and all(r.info.run_name.startswith("ui-") for r in children), [r.info.run_name
+                                                                                           for r in runs]
+    names = [r.info.run_name for r in children]
+    child = children[0]
+
+    # 2. a real MLflow server on loopback, and 3. headless Chromium
+    url, server, log = _mlflow_server(tmp_path)
+    driver = None
+    try:
+        _wait_healthy(url, server, log)
+        # the server serves the runs' artifacts (their URIs are file:// paths under tmp_path/mlartifacts)
+        with urllib.request.urlopen(f"{url}/ajax-api/2.0/mlflow/artifacts/list?run_id={child.info.run_id}"
+                                    "&path=tensors", timeout=30) as response:
+            listed = {f["path"] for f in json.load(response).get("files", [])}
+        assert "tensors/window_last.npy" in listed, listed
+
+        driver = _chromium(tmp_path)
+        driver.set_page_load_timeout(WAIT)
+
+        # 4a. the experiment's runs: the study's parent run, expanded, shows its two trial runs
+        driver.get(f"{url}/#/experiments/{experiment.experiment_id}/runs")
+        _text_visible(driver, "ui")
+        _close_assistant(driver)
+        expander = _wait(driver).until(lambda d: d.find_element(
+            By.CSS_SELECTOR, f"[row-id='{parent.info.run_id}'] button[data-component-id*='runnamecellrenderer']"))
+        _click(driver, expander)
+        for name in names:
+            _text_visible(driver, name)
+        driver.save_screenshot(str(tmp_path / "mlflow-experiment.png"))
+
+        # 4b. one trial's artifacts: the learned window, as a tensor and as a plot
+        driver.get(f"{url}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/artifacts")
+        _text_visible(driver, child.info.run_name)
+        _click(driver, _text_visible(driver, "tensors"))
+        _text_visible(driver, "window_last.npy")
+        _click(driver, _text_visible(driver, "plots"))
+        _click(driver, _text_visible(driver, "window.png"))
+        _text_visible(driver, "plots/window.png")  # the preview's header
+        _wait(driver).until(lambda d: any(  # the plot itself, fetched and decoded (a blob: URL)
+            i.is_displayed() and d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 100;", i)
+            for i in d.find_elements(By.TAG_NAME, "img")))
+        driver.save_screenshot(str(tmp_path / "mlflow-window.png"))
+
+        # 5. the trials compared side by side: the screenshot for the docs
+        run_ids = json.dumps([r.info.run_id for r in children])
+        driver.get(f"{url}/#/compare-runs?runs={run_ids}&experiments={json.dumps([experiment.experiment_id])}")
+        _text_visible(driver, "Comparing 2 Runs from 1 Experiment")
+        for name in names:
+            _text_visible(driver, name)
+        _close_assistant(driver)
+        _wait(driver).until(  # the parallel coordinates plot is drawn
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .parcoords"))
+        shot = tmp_path / "mlflow-runs.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        _stop(server)
+
+    if os.environ.get("ADASTFT_UPDATE_DOCS") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, ROOT / "docs" / "mlflow-runs.png")
