@@ -240,3 +240,28 @@ def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
         assert message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr)  # one line (after usage)
         assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("beats", [False, True])
+def test_watchdog_stops_a_process_that_makes_no_progress(tmp_path, beats):
+    # A real process: a "trial" that stalls after two steps is ended with a message and a note;
+    # one that keeps making progress is left alone.
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path; from tune.trainable import Watchdog;"
+        "w = Watchdog(2.0, 'trial-x', Path(sys.argv[2]));"
+        "[(w.beat(), time.sleep(0.5)) for _ in range(2)];"
+        f"[(w.beat() if {beats} else None, time.sleep(0.5)) for _ in range(12)];"
+        "print('finished')"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    if beats:
+        assert proc.returncode == 0 and "finished" in proc.stdout
+        assert not (tmp_path / "trial-x.txt").exists()
+    else:
+        assert proc.returncode == 75 and "finished" not in proc.stdout
+        assert "trial-x: no training progress for" in proc.stderr and "stopping it" in proc.stderr
+        assert "no training progress" in (tmp_path / "trial-x.txt").read_text()
+        assert time.monotonic() - started < 30
