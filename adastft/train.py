@@ -44,6 +44,9 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _run(dcfg) -> float:
+        from adastft.checkpoint import CheckpointError
+        from adastft.data import DataError
+        from adastft.tracking import TrackingUnavailable
         from adastft.training import NonFiniteLoss, train
 
         try:
@@ -56,6 +59,9 @@ def main() -> None:
         except NonFiniteLoss as exc:
             print(f"adastft.train: failed: {exc}", file=sys.stderr)
             sys.exit(1)
+        except (DataError, CheckpointError, TrackingUnavailable) as exc:  # bad input: one line, no traceback
+            print(f"adastft.train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         log.info("done: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("test_", "best_"))))
         return metrics.get("best_val_clip_accuracy", 0.0)
 

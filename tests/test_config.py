@@ -111,6 +111,8 @@ def test_round_trip_and_dotted_overrides():
         (["train.epochs=abc"], "adastft.train: error: train.epochs must be an integer, got 'abc'"),
         (["data=gtzan"], "adastft.train: error: data.root is required"),
         (["+train.epoch=3"], "adastft.train: error: unknown key 'train.epoch' (did you mean 'epochs'?)"),
+        (["data=gtzan", "data.root=/nonexistent"], "adastft.train: error: GTZAN root '/nonexistent' does not exist"),
+        (["tracking=server", "tracking.uri=http://127.0.0.1:9"], "adastft.train: error: MLflow tracking server http://127.0.0.1:9 is unreachable"),
     ],
 )
 def test_cli_rejects_bad_config_before_work(tmp_path, args, message):
