@@ -70,6 +70,25 @@ def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, exp_
     return tracker
 
 
+def _close_running_children(study: dict, why: str) -> None:
+    """End as KILLED every child run of the study that is still RUNNING, with a tag saying why."""
+    if not study.get("parent_run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study["tracking_uri"])
+    experiment = client.get_experiment_by_name(study["experiment"])
+    if experiment is None:
+        return
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "stopped", why)
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: SchedulerSpec, storage: str,
               exp_dir: Path | None) -> int:
     started = time.time()
@@ -103,6 +122,9 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
               f"scheduler {sched.type}, results in {storage}/{args.name}"
               + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
 
+        if args.resume:
+            # Runs a dead driver's trials left RUNNING: closed now; a trial Tune resumes reopens its own.
+            _close_running_children(study_info, "interrupted")
         fn = run_trial if plan["workers"] == 1 else run_ddp_trial
         resources = {"cpu": plan["cpus"], "gpu": plan["gpus"]} if plan["workers"] == 1 else {"cpu": 0.01}
         trainable = tune.with_resources(tune.with_parameters(fn, base=base.to_dict(), study=study_info), resources)
@@ -134,6 +156,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
                 run_config=run_config,
             )
         results = tuner.fit()
+        _close_running_children(study_info, "ended with the study")
         return _summarise(args, base, spec, results, optuna_url, exp_dir_path, parent, started)
     finally:
         ray.shutdown()
