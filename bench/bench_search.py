@@ -82,7 +82,7 @@ def timed_fit(trainable, trials: int, storage: str, name: str, concurrent: int) 
     tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"optim.lr": tune.grid_search([1e-3 * (i + 1) for i in range(trials)])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),  # as tune/run.py
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),  # as tune/run.py
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
     ).fit()
     return time.perf_counter() - started
@@ -145,7 +145,7 @@ def main() -> None:
             ray.shutdown()
     ratio = min(t_ours) / min(t_bare)
     ratio_stack = min(t_ours) / min(t_stack)
-    print(f"{args.trials} no-op trials of {EPOCHS} epochs, 2 at a time, on {os.cpu_count()} CPUs (actors reused)")
+    print(f"{args.trials} no-op trials of {EPOCHS} epochs, 2 at a time, on {os.cpu_count()} CPUs")
     print(f"  bare Ray Tune function trainable              {min(t_bare):7.1f} s")
     print(f"  bare, importing torch/torchaudio/torchvision  {min(t_stack):7.1f} s")
     print(f"  our trainable, MLflow + checkpoints           {min(t_ours):7.1f} s")

@@ -149,10 +149,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
                 trainable,
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher,
                                             scheduler=_scheduler(sched, base.train.epochs),
-                                            num_samples=args.trials, max_concurrent_trials=plan["concurrent"],
-                                            # a new trial reuses a finished trial's process: no second
-                                            # start-up and import of torch and MLflow per trial
-                                            reuse_actors=True),
+                                            num_samples=args.trials, max_concurrent_trials=plan["concurrent"]),
                 run_config=run_config,
             )
         results = tuner.fit()
