@@ -374,10 +374,28 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
     return float(total[0] / max(total[1], 1))
 
 
+def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool = True) -> None:
+    """Log each front end's window and kernel as ``tensors/[frontendI_]{window,kernel}_<which>``
+    and, with ``plots_too``, its window and kernel-change plots as ``plots/[frontendI_]*.png``."""
+    if isinstance(tracker, NullTracker):
+        return
+    fronts = model.frontends()
+    for i, front in enumerate(fronts):
+        prefix = f"frontend{i}_" if len(fronts) > 1 else ""
+        tracker.log_tensor(f"{prefix}window_{which}", front.window)
+        tracker.log_tensor(f"{prefix}kernel_{which}", front.kernel)
+        if plots_too:
+            tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window ({which})"),
+                               f"plots/{prefix}window.png")
+            tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
+                                                        title=f"{prefix}kernel change ({which})"),
+                               f"plots/{prefix}kernel_change.png")
+
+
 def _finish(cfg, model, store, device, ctx, tracker, history, amp) -> dict[str, float]:
     """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
     out_dir = Path(cfg.train.out_dir)
-    last_fronts = [(f.window.detach().clone(), f.kernel.detach().clone()) for f in model.frontends()]
+    log_frontends(tracker, model, "last", plots_too=False)  # before the best weights replace them
     best_path = out_dir / "best.pt"
     ctx.barrier()
     best = load_checkpoint(best_path, map_location=device) if best_path.exists() else None
@@ -393,18 +411,7 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp) -> dict[str, 
                          "epoch": best["epoch"]}, out_dir / "best_model.pt")
     if isinstance(tracker, NullTracker):
         return results
-    fronts = model.frontends()
-    for i, front in enumerate(fronts):
-        prefix = f"frontend{i}_" if len(fronts) > 1 else ""
-        window_last, kernel_last = last_fronts[i]
-        tracker.log_tensor(f"{prefix}window_last", window_last)
-        tracker.log_tensor(f"{prefix}kernel_last", kernel_last)
-        tracker.log_tensor(f"{prefix}window_best", front.window)
-        tracker.log_tensor(f"{prefix}kernel_best", front.kernel)
-        tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window (best)"),
-                           f"plots/{prefix}window.png")
-        tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel, title=f"{prefix}kernel change (best)"),
-                           f"plots/{prefix}kernel_change.png")
+    log_frontends(tracker, model, "best")
     if best is not None:
         tracker.log_figure(plots.plot_confusion(best["val_confusion"].numpy(), store.classes, "validation (best epoch)"),
                            "plots/confusion_val_best.png")

@@ -65,21 +65,13 @@ class TrialRunCallback(tune.Callback):
 def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
     if not checkpoint.is_file():
         return
-    from adastft.training import build_model
+    from adastft.training import build_model, log_frontends
 
     state = load_checkpoint(checkpoint)
     cfg = Config.from_dict(state["config"])
     model = build_model(cfg, len(state["classes"]))
     model.load_state_dict(state["model"])
-    fronts = model.frontends()
-    for i, front in enumerate(fronts):
-        prefix = f"frontend{i}_" if len(fronts) > 1 else ""
-        tracker.log_tensor(f"{prefix}window_last", front.window)
-        tracker.log_tensor(f"{prefix}kernel_last", front.kernel)
-        tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window (last)"),
-                           f"plots/{prefix}window.png")
-        tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
-                                                    title=f"{prefix}kernel change (last)"), f"plots/{prefix}kernel_change.png")
+    log_frontends(tracker, model, "last")
     tracker.log_figure(plots.plot_confusion(state["val_confusion"].numpy(), state["classes"], "validation (last epoch)"),
                        "plots/confusion_val_last.png")
     tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")

@@ -111,6 +111,16 @@ def _link_checkpoints(src: Path | None, dst: Path) -> None:
                 shutil.copy2(src / name, dst / name)
 
 
+def _restore_checkpoint(restored, out_dir: Path) -> None:
+    """Copy the checkpoint files of a Tune or Train checkpoint (or nothing, for None) into ``out_dir``."""
+    if restored is None:
+        return
+    with restored.as_directory() as ck:
+        for name in CHECKPOINT_FILES:
+            if (Path(ck) / name).is_file():
+                shutil.copy2(Path(ck) / name, out_dir / name)
+
+
 def trial_config(params: Mapping[str, Any], base: Mapping[str, Any], study: Mapping[str, Any], trial_id: str,
                  out_dir: Path) -> Config:
     """The trial's resolved config: base + sampled values + where to write and log."""
@@ -157,12 +167,7 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
         raise NonFiniteLoss(marker.read_text().strip())
     out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / trial_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as ck:
-            for name in CHECKPOINT_FILES:
-                if (Path(ck) / name).is_file():
-                    shutil.copy2(Path(ck) / name, out_dir / name)
+    _restore_checkpoint(tune.get_checkpoint(), out_dir)
     cfg = trial_config(params, base, study, trial_id, out_dir)
     watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
     try:
@@ -212,12 +217,7 @@ def _ddp_worker(loop_config: dict) -> None:
     study, trial_id = loop_config["study"], loop_config["trial_id"]
     out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / f"{trial_id}-rank{rank}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as ck:
-            for name in CHECKPOINT_FILES:
-                if (Path(ck) / name).is_file():
-                    shutil.copy2(Path(ck) / name, out_dir / name)
+    _restore_checkpoint(ray.train.get_checkpoint(), out_dir)
     cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
     beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None
     watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]), beat_file)
