@@ -12,7 +12,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import ray
@@ -24,7 +23,7 @@ from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker
 
 from tune.optuna_search import PrunedAwareOptunaSearch
-from tune.settings import ROOT, SearchError, check_cluster, cluster_resources, plan_resources
+from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources
 from tune.space import SchedulerSpec, SearchSpec
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import run_ddp_trial, run_trial

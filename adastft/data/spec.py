@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
 from adastft.data import synthetic
 from adastft.data.cache import FORMAT, Row, cache_key, ensure_cache, file_fingerprints, write_cache
 from adastft.data.decode import BadAudio, BadAudioWarning, decode_file
