@@ -3,42 +3,151 @@
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), written to a
 temporary file in the same folder, fsynced, then renamed over the target: a reader sees the old
 file or the new one, never a torn one (the original project lost its best model to exactly that).
+A writer killed mid-write leaves its temporary file behind; the next save in that folder removes
+it (the name carries the host and process id, so a live writer's file is never touched). A write
+that fails (a full disk) raises :class:`CheckpointError` and leaves the previous file as it was.
+The stored config is redacted like MLflow params (passwords in URIs, values of secret-named
+environment variables): checkpoints are copied to Tune's storage and logged as artifacts.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
+import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
+
+_TEMP = re.compile(r"^\..+\.ckpt-(?P<host>[^.]+)-(?P<pid>\d+)-[^.]+\.tmp$")
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded; the message names the file and why."""
+    """A checkpoint that cannot be loaded or written; the message names the file and why."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically to ``path`` (temp file, fsync, rename, fsync of the folder)."""
+    """Write ``state`` atomically to ``path`` (temp file, fsync, rename, fsync of the folder).
+
+    Raises :class:`CheckpointError` naming the file and the reason (e.g. no space left on device)
+    when the write fails; ``path`` is then untouched.
+    """
     path = Path(path)
+    state = _without_secrets(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.ckpt-{_host()}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    sink = _Sink(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with sink:
+            torch.save(state, sink)
+            sink.flush()
+            os.fsync(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        error = sink.error or (exc if isinstance(exc, OSError) else None)
+        reason = os.strerror(error.errno) if error is not None and error.errno else _first_line(exc)
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        hint = f": free space in {path.parent}" if error is not None and error.errno == errno.ENOSPC else ""
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({reason}); {kept}{hint}") from exc
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return path
+
+
+class _Sink:
+    """A binary file that remembers the ``OSError`` of a failed write: ``torch.save`` reports a
+    full disk as an opaque ``RuntimeError`` ("unexpected pos ..."), which names neither."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __enter__(self) -> "_Sink":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:  # the last buffered bytes did not fit
+            self.error = self.error or exc
+            if exc_info[0] is None:
+                raise
+
+
+def _without_secrets(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its ``config`` redacted (see :func:`adastft.tracking.redact`)."""
+    if not isinstance(state.get("config"), Mapping):
+        return state
+    from adastft.tracking import environment_secrets, redact
+
+    secrets = environment_secrets()
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(clean(key, v) for v in value)
+        return redact(key, value, secrets) if isinstance(value, str) else value
+
+    return {**state, "config": clean("config", state["config"])}
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove temporary files of writers on this host that no longer run (killed mid-write)."""
+    host = _host()
+    for entry in folder.glob(".*.tmp"):
+        m = _TEMP.match(entry.name)
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        log.info("removing %s, left by a writer that was killed mid-write", entry)
+        entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -49,7 +158,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be loaded safely (weights_only=True): {first}"
+            f"checkpoint {str(path)!r} cannot be loaded safely (weights_only=True): {_first_line(exc)}"
         ) from None

@@ -210,9 +210,9 @@ class Config:
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
         try:
-            from adastft import AdaSTFT
+            from adastft.layer import check_arguments
 
-            AdaSTFT(**self.stft.layer_kwargs(self.data.sample_rate))
+            check_arguments(**self.stft.layer_kwargs(self.data.sample_rate))
         except ValueError as exc:  # the layer names the argument; say where it lives
             raise ConfigError(f"stft: {exc}") from None
         try:

@@ -7,6 +7,7 @@ any time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -330,6 +331,40 @@ class AdaSTFTBank(nn.Module):
         return torch.stack([layer(x) for layer in self.layers], dim=1)  # (B, n, M, T)
 
 
+def check_arguments(
+    sample_rate: int = 22050, n_fft: int = 1024, win_length: int | None = None, hop_length: int | None = None,
+    f_min: float = 0.0, f_max: float | None = None, n_mels: int | None = 128, window: str = "hann",
+    center: bool = True, pad_mode: str = "reflect", power: float = 2.0, norm: str | None = None,
+    mel_scale: str = "htk", compression: str = "none", log_gain: float = 10.0, learn_window: bool = False,
+    learn_kernel: bool = False,
+) -> None:
+    """Raise the ``ValueError`` that ``AdaSTFT(**kwargs)`` would, without building the layer
+    (no DFT kernel): what a config check needs, cheaply enough to run per trial."""
+    win_length = n_fft if win_length is None else win_length
+    hop_length = win_length // 2 if hop_length is None else hop_length
+    f_max = sample_rate / 2 if f_max is None else f_max
+    _check_arguments(sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels, window, pad_mode,
+                     power, norm, mel_scale, compression, log_gain)
+    if n_mels is not None:
+        empty = _empty_filters(int(n_fft) // 2 + 1, float(f_min), float(f_max), int(n_mels), int(sample_rate),
+                               norm, mel_scale)
+        if empty:
+            raise ValueError(_empty_filters_message(empty, n_mels, n_fft, f_min, f_max))
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_filters(n_freq: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm, mel_scale) -> int:
+    with warnings.catch_warnings():  # torchaudio warns of empty filters; the caller raises
+        warnings.simplefilter("ignore")
+        fb = AF.melscale_fbanks(n_freq, f_min, f_max, n_mels, sample_rate, norm, mel_scale)
+    return int((fb.max(dim=0).values == 0).sum())
+
+
+def _empty_filters_message(empty: int, n_mels, n_fft, f_min, f_max) -> str:
+    return (f"n_mels={n_mels} leaves {empty} empty mel filters with n_fft={n_fft} between "
+            f"f_min={f_min:g} and f_max={f_max:g} Hz: use fewer mels or a larger n_fft")
+
+
 def _check_arguments(
     sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels, window, pad_mode, power,
     norm, mel_scale, compression, log_gain,
@@ -362,7 +397,4 @@ def _check_arguments(
 def _check_filters(fb: torch.Tensor, n_mels: int, n_fft: int, f_min: float, f_max: float) -> None:
     empty = int((fb.max(dim=0).values == 0).sum())
     if empty:
-        raise ValueError(
-            f"n_mels={n_mels} leaves {empty} empty mel filters with n_fft={n_fft} between "
-            f"f_min={f_min:g} and f_max={f_max:g} Hz: use fewer mels or a larger n_fft"
-        )
+        raise ValueError(_empty_filters_message(empty, n_mels, n_fft, f_min, f_max))

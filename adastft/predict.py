@@ -46,7 +46,12 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str, tracking_uri: str | None = None, device: str = "cpu") -> "Predictor":
-        return cls(load_checkpoint(_locate(model, tracking_uri), map_location="cpu"), device)
+        path = _locate(model, tracking_uri)
+        state = load_checkpoint(path, map_location="cpu")
+        missing = [k for k in ("model", "config", "classes") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not an adastft model: it has no {', '.join(missing)}")
+        return cls(state, device)
 
     @torch.no_grad()
     def predict(self, path: str | Path, top: int = 3) -> Prediction:
@@ -70,8 +75,12 @@ def _locate(model: str, tracking_uri: str | None) -> Path:
         uri = model.rstrip("/")
         if uri.startswith("runs:/") and uri.count("/") == 1:
             uri += "/checkpoint/best_model.pt"
+        store = tracking_uri or "sqlite:///mlflow.db"
+        if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+            # MLflow would create an empty store there and then not find the run
+            raise CheckpointError(f"--model {model!r}: no MLflow store {store}; give --tracking-uri")
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri or "sqlite:///mlflow.db"))
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=store))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"--model {model!r}: cannot fetch it from MLflow ({first})") from None
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top must be >= 1, got {args.top}")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is visible; use --device cpu")
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         print(f"adastft.predict: error: no such file: {', '.join(missing)}", file=sys.stderr)

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -74,6 +75,11 @@ _SECRET_ENV = re.compile(r"(^|_)(SECRET|TOKEN|PASSWORD|PASSWD|KEY|APIKEY|CREDENT
 # Values too short or too common to redact without mangling every param ("1", "true").
 _MIN_SECRET_LENGTH = 4
 _NOT_SECRETS = {"true", "false", "none", "null", "yes", "no"}
+# Credentials in a URI's userinfo: http://user:PASSWORD@host, https://TOKEN@host.
+_URI_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@\s]+)@")
+# Text artifacts that are redacted like params before upload; larger ones are sent as they are.
+_TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".csv", ".txt", ".log", ".md", ".cfg", ".ini", ".toml"}
+_MAX_REDACTED_BYTES = 50_000_000
 
 
 class TrackingUnavailable(RuntimeError):
@@ -113,17 +119,33 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def redact(key: str, value: str, secrets: Iterable[str]) -> str:
-    """``"***"`` for a secret-looking key; otherwise ``value`` with every secret substring replaced."""
+    """``"***"`` for a secret-looking key; otherwise ``value`` redacted by :func:`redact_text`."""
     if _SECRET_PARAM.search(key):
         return REDACTED
-    for secret in secrets:
-        if secret in value:
-            value = value.replace(secret, REDACTED)
-    return value
+    return redact_text(value, secrets)
+
+
+def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
+    """``text`` with every secret substring (default: :func:`environment_secrets`) and the
+    password of every URI's userinfo replaced: ``http://me:***@host``, ``https://***@host``."""
+    for secret in environment_secrets() if secrets is None else secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _URI_USERINFO.sub(_mask_userinfo, text)
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    user, password = match[2].split(":", 1) if ":" in match[2] else (None, match[2])
+    return f"{match[1]}{user}:{REDACTED}@" if user is not None else f"{match[1]}{REDACTED}@"
 
 
 def default_tracking_uri(workdir: Path) -> str:
-    """The local default store: ``sqlite:///<workdir>/mlflow.db`` (absolute)."""
+    """Where runs go when ``tracking.uri`` is not set: ``$MLFLOW_TRACKING_URI`` as MLflow itself
+    would (a cluster from ``cluster/*.yaml`` sets it to its head node's server), else the local
+    store ``sqlite:///<workdir>/mlflow.db`` (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
     return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
 
 
@@ -158,7 +180,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     experiments search) within ``timeout`` seconds. ``sqlite:///path``: the database's folder must
     exist or be creatable, and be writable (and the file, when present). ``file:``: likewise the
     store folder. Raises :class:`TrackingUnavailable`; any other scheme raises ``ValueError``.
+    Messages never show a password of the URI or a secret of the environment.
     """
+    try:
+        _check_tracking_uri(uri, timeout)
+    except (TrackingUnavailable, ValueError) as exc:
+        raise type(exc)(redact_text(str(exc))) from None
+
+
+def _check_tracking_uri(uri: str, timeout: float) -> None:
     scheme = urlparse(uri).scheme.lower()
     if scheme in ("http", "https"):
         _check_server(uri.rstrip("/"), timeout)
@@ -279,7 +309,7 @@ class Tracker:
             run = self._client.create_run(self.experiment_id, tags=run_tags, run_name=run_name)
             self.run_id = run.info.run_id
             log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run.info.run_name,
-                     experiment, tracking_uri)
+                     experiment, redact_text(tracking_uri, self._secrets))
         if tags and run_id is not None:
             self.set_tags(tags)
 
@@ -408,12 +438,18 @@ class Tracker:
             self._artifact(f"tensor {name}", self._client.log_artifacts, tmp, artifact_dir)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        """Copy one local file into the run's artifacts (under ``artifact_path``)."""
-        self._artifact(str(local_path), self._client.log_artifact, str(local_path), artifact_path)
+        """Copy one local file into the run's artifacts (under ``artifact_path``); a text file
+        (``.yaml``, ``.json``, ``.csv``, ``.txt``, ...) is redacted like params on the way."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _redacted_copy(Path(local_path), Path(tmp), self._secrets)
+            self._artifact(str(local_path), self._client.log_artifact, str(path), artifact_path)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
-        """Copy a local folder's contents into the run's artifacts (under ``artifact_path``)."""
-        self._artifact(str(local_dir), self._client.log_artifacts, str(local_dir), artifact_path)
+        """Copy a local folder's contents into the run's artifacts (under ``artifact_path``), its
+        text files redacted like params."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _redacted_copy(Path(local_dir), Path(tmp), self._secrets)
+            self._artifact(str(local_dir), self._client.log_artifacts, str(path), artifact_path)
 
     def log_model(self, model: torch.nn.Module, name: str = "best_model", step: int = 0) -> str | None:
         """Log ``model`` as an MLflow 3 LoggedModel of this run; returns ``models:/<model_id>``.
@@ -533,6 +569,35 @@ def _context_tags() -> dict[str, str]:
         return {}
 
 
+def _redacted_copy(path: Path, tmp: Path, secrets: list[str]) -> Path:
+    """``path`` itself when none of its text files holds a secret, else a redacted copy in ``tmp``."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+    def clean(f: Path) -> str | None:
+        if f.suffix.lower() not in _TEXT_SUFFIXES or f.stat().st_size > _MAX_REDACTED_BYTES:
+            return None
+        try:
+            text = f.read_text()
+        except (UnicodeDecodeError, OSError):
+            return None
+        redacted = redact_text(text, secrets)
+        return redacted if redacted != text else None
+
+    changed = {f: text for f in files if (text := clean(f)) is not None}
+    if not changed:
+        return path
+    if path.is_file():
+        out = tmp / path.name
+        out.write_text(changed[path])
+        return out
+    out = tmp / path.name
+    shutil.copytree(path, out)
+    for f, text in changed.items():
+        (out / f.relative_to(path)).write_text(text)
+    return out
+
+
 def _short(err: Exception) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = redact_text(text)
     return text if len(text) <= 200 else text[:200] + "..."

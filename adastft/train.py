@@ -7,6 +7,11 @@ DDP: ``torchrun --nproc-per-node 2 -m adastft.train ...``.
 
 This is the edge where configuration becomes objects: Hydra is imported here, inside ``main``,
 and nowhere in the library; ``adastft.training.train`` takes a plain mapping or a ``Config``.
+
+Bad input is one line on stderr and exit status 2: the overrides are composed and validated
+before Hydra starts the run (so a bad key leaves no run folder), and an input the run itself
+finds bad (a missing data folder, an unreachable tracking server, a damaged checkpoint) ends it
+the same way.
 """
 
 from __future__ import annotations
@@ -36,16 +41,109 @@ def resolve(dcfg: Any) -> Config:
     return Config.from_dict(data)
 
 
+_HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd")
+
+
+def precheck(argv: list[str]) -> Config | None:
+    """Compose ``argv``'s overrides as ``@hydra.main`` will and validate them; ``None`` when
+    ``argv`` holds Hydra flags other than ``--config-dir`` (multirun, help, ...), left to Hydra.
+
+    Raises :class:`ConfigError` with one line naming the bad override, key or value.
+    """
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, extra_dirs, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if name in _HYDRA_FLAGS_WITH_VALUE:
+            extra_dirs.append(value if eq else (args.pop(0) if args else ""))
+        elif arg.startswith("-"):
+            return None
+        else:
+            overrides.append(arg)
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).expanduser().resolve()) for d in extra_dirs)}]"] \
+        if extra_dirs else []
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            dcfg = compose("config", overrides=overrides + search)
+    except OverrideParseException as exc:
+        parser = OverridesParser.create()
+        bad = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
+        raise ConfigError(f"cannot parse override {bad!r}: {_first_line(exc)}") from None
+    except HydraException as exc:
+        key = getattr(exc.__cause__, "full_key", None)
+        if key and "Could not override" in str(exc):
+            *parents, leaf = str(key).split(".")
+            probe: dict = {}
+            node = probe
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = None
+            Config.from_dict(probe)  # raises "unknown key 'train.epoch' (did you mean 'epochs'?)"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        options = lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:] \
+            if any(l.startswith("Available options") for l in lines) else []
+        options = options[:options.index("Config search path:")] if "Config search path:" in options else options
+        hint = f" {lines[1]}" if len(lines) > 1 and lines[1].startswith("To append") else ""
+        raise ConfigError(lines[0] + hint + (f" (available: {', '.join(options)})" if options else "")) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_first_line(exc)) from None
+    except yaml.YAMLError as exc:  # a config file that does not parse
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+        raise ConfigError(f"{where} is not valid YAML: {getattr(exc, 'problem', None) or _first_line(exc)}") from None
+    try:
+        cfg = resolve(dcfg)
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+        raise ConfigError(_first_line(exc)) from None
+    out_dir = Path(cfg.train.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"train.out_dir {str(out_dir)!r} is a file, not a folder")
+    backbone = cfg.model.pretrained_path
+    if backbone and not Path(backbone).expanduser().is_file():  # before the data is decoded
+        raise ConfigError(f"model.pretrained_path {backbone!r} is not a file: give a local torchvision state dict")
+    if cfg.train.resume and (out_dir / "last.pt").is_file():  # likewise: a damaged or unsafe checkpoint
+        from adastft.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            load_checkpoint(out_dir / "last.pt")
+        except CheckpointError as exc:
+            raise ConfigError(f"{exc}; delete it or set train.resume=false") from None
+    return cfg
+
+
+def _parses(parser, override: str) -> bool:
+    try:
+        parser.parse_override(override)
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure names this override
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main() -> None:
     import hydra
 
     if not CONFIG_DIR.is_dir():
         sys.exit(f"adastft.train: error: config folder {CONFIG_DIR} is missing: run from a checkout (pip install -e .)")
+    try:
+        precheck(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"adastft.train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _run(dcfg) -> float:
         from adastft.checkpoint import CheckpointError
-        from adastft.data import DataError
         from adastft.tracking import TrackingUnavailable
         from adastft.training import NonFiniteLoss, train
 
@@ -59,8 +157,11 @@ def main() -> None:
         except NonFiniteLoss as exc:
             print(f"adastft.train: failed: {exc}", file=sys.stderr)
             sys.exit(1)
-        except (DataError, CheckpointError, TrackingUnavailable) as exc:  # bad input: one line, no traceback
-            print(f"adastft.train: error: {exc}", file=sys.stderr)
+        except (ValueError, CheckpointError, TrackingUnavailable) as exc:
+            # Bad input, found by the run (ValueError: a data folder, a device, a backbone file
+            # or a tracking URI the library rejects, each naming it): one line, no traceback.
+            log.debug("bad input", exc_info=True)
+            print(f"adastft.train: error: {_first_line(exc)}", file=sys.stderr)
             sys.exit(2)
         log.info("done: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("test_", "best_"))))
         return metrics.get("best_val_clip_accuracy", 0.0)

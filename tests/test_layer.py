@@ -9,6 +9,7 @@ import torch
 import torchaudio
 
 from adastft import AdaSTFT, AdaSTFTBank
+from adastft.layer import check_arguments
 
 
 def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -294,6 +295,8 @@ BAD = [
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdaSTFT(**kwargs)
+    with pytest.raises(ValueError, match=message):  # the config check's cheap path agrees
+        check_arguments(**kwargs)
 
 
 @pytest.mark.parametrize(

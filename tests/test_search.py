@@ -265,3 +265,34 @@ def test_watchdog_stops_a_process_that_makes_no_progress(tmp_path, beats):
         assert "trial-x: no training progress for" in proc.stderr and "stopping it" in proc.stderr
         assert "no training progress" in (tmp_path / "trial-x.txt").read_text()
         assert time.monotonic() - started < 30
+
+
+def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_path):
+    """A trial killed between writing last.pt and reporting it leaves a file Tune never saw; the
+    retry must resume from Tune's checkpoint, or its epoch count (and so PRUNED vs COMPLETE in
+    Optuna) would be off by one."""
+    from ray import tune
+
+    from tune.optuna_search import epochs_done
+    from tune.trainable import _restore_checkpoint
+
+    out = tmp_path / "trial"
+    out.mkdir()
+    (out / "last.pt").write_text("epoch 1, never reported")
+    (out / "best.pt").write_text("epoch 1, never reported")
+    _restore_checkpoint(None, out)  # no report yet: start afresh
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "last.pt").write_text("epoch 0")
+    (out / "last.pt").write_text("epoch 1, never reported")
+    (out / "best.pt").write_text("epoch 1, never reported")
+    _restore_checkpoint(tune.Checkpoint.from_directory(str(reported)), out)
+    assert (out / "last.pt").read_text() == "epoch 0"
+    assert not (out / "best.pt").exists()
+
+    # the searcher counts epochs from the training function's own report when there is one
+    assert epochs_done({"epoch": 3.0, "training_iteration": 3}) == 4
+    assert epochs_done({"training_iteration": 2}) == 2
+    assert epochs_done(None) is None

@@ -73,8 +73,11 @@ def test_flatten_nests_with_dots_and_lists_as_repr():
     assert flatten({"b": 2}, prefix="cfg") == {"cfg.b": 2}
 
 
-def test_default_tracking_uri_is_sqlite_beside_workdir(tmp_path):
+def test_default_tracking_uri_is_sqlite_beside_workdir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")  # as a cluster's node.sh sets it
+    assert default_tracking_uri(tmp_path) == "http://10.0.0.5:5000"
 
 
 # ---- check_tracking_uri ------------------------------------------------------------------------

@@ -24,6 +24,17 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger(__name__)
 
 
+def epochs_done(result: dict | None) -> int | None:
+    """Epochs the trial trained: the training function's own count (``epoch``, 0-based) when it
+    reports one, else Tune's report count, which a retry that resumed from a checkpoint file
+    written after the last report can leave one short."""
+    if not result:
+        return None
+    if "epoch" in result:
+        return int(result["epoch"]) + 1
+    return result.get("training_iteration")
+
+
 class PrunedAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -50,7 +61,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials or self._finished_in_study(ot_trial):
             self._completed_trials.add(trial_id)
             return
-        epochs = (result or {}).get("training_iteration")
+        epochs = epochs_done(result)
         pruned = (
             not error and result is not None and self.metric in result
             and epochs is not None and epochs < self._max_epochs
@@ -62,8 +73,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return
-        if epochs not in ot_trial._cached_frozen_trial.intermediate_values:
-            ot_trial.report(result[self.metric], epochs)  # the value the scheduler stopped it on
+        step = result.get("training_iteration", epochs)
+        if step not in ot_trial._cached_frozen_trial.intermediate_values:
+            ot_trial.report(result[self.metric], step)  # the value the scheduler stopped it on
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # its value becomes the last intermediate one
         self._completed_trials.add(trial_id)
         log.debug("trial %s pruned after %d epochs", trial_id, epochs)

@@ -20,13 +20,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
 from adastft.config import Config
-from adastft.tracking import NullTracker, Tracker
+from adastft.tracking import NullTracker, Tracker, redact_text
 
 from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources
 from tune.space import SchedulerSpec, SearchSpec
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
-from tune.trainable import run_ddp_trial, run_trial
+from tune.trainable import TRIAL_TAG, run_ddp_trial, run_trial
 
 log = logging.getLogger("adastft.search")
 
@@ -69,8 +69,12 @@ def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, exp_
     return tracker
 
 
-def _close_running_children(study: dict, why: str) -> None:
-    """End as KILLED every child run of the study that is still RUNNING, with a tag saying why."""
+def _close_running_children(study: dict, why: str, known: set[str] | None = None) -> None:
+    """End as KILLED every child run of the study that is still RUNNING, with a tag saying why.
+
+    ``known``: the trials Tune restores. A run of any other trial (one the dead driver started
+    after its last snapshot of the experiment; a new trial takes its place) is deleted, so the
+    study keeps one run per trial."""
     if not study.get("parent_run_id"):
         return
     from mlflow.tracking import MlflowClient
@@ -80,12 +84,16 @@ def _close_running_children(study: dict, why: str) -> None:
     if experiment is None:
         return
     runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}' and attributes.status = 'RUNNING'",
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "stopped", why)
-        client.set_terminated(run.info.run_id, "KILLED")
+        abandoned = known is not None and run.data.tags.get(TRIAL_TAG) not in known
+        if run.info.status == "RUNNING" or abandoned:
+            client.set_tag(run.info.run_id, "stopped", "abandoned: Tune never recorded this trial" if abandoned else why)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        if abandoned:
+            client.delete_run(run.info.run_id)
 
 
 def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: SchedulerSpec, storage: str,
@@ -123,7 +131,9 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
 
         if args.resume:
             # Runs a dead driver's trials left RUNNING: closed now; a trial Tune resumes reopens its own.
-            _close_running_children(study_info, "interrupted")
+            exp = f"{storage}/{args.name}"
+            known = {t.trial_id for t in tune.ExperimentAnalysis(exp).trials} if tune.Tuner.can_restore(exp) else set()
+            _close_running_children(study_info, "interrupted", known)
         fn = run_trial if plan["workers"] == 1 else run_ddp_trial
         resources = {"cpu": plan["cpus"], "gpu": plan["gpus"]} if plan["workers"] == 1 else {"cpu": 0.01}
         trainable = tune.with_resources(tune.with_parameters(fn, base=base.to_dict(), study=study_info), resources)
@@ -148,7 +158,10 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
                 trainable,
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher,
                                             scheduler=_scheduler(sched, base.train.epochs),
-                                            num_samples=args.trials, max_concurrent_trials=plan["concurrent"]),
+                                            num_samples=args.trials, max_concurrent_trials=plan["concurrent"],
+                                            # a trial that ended cleanly hands its process, with torch and
+                                            # MLflow imported, to the next one (a stopped one mid-epoch does not)
+                                            reuse_actors=True),
                 run_config=run_config,
             )
         results = tuner.fit()
@@ -168,7 +181,7 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, e
     best_yaml = None
     if len(finished):
         best_row = finished.sort_values(spec.metric, ascending=spec.mode == "min").iloc[0]
-        params = {k.removeprefix("param."): (v.item() if hasattr(v, "item") else v)
+        params = {k.removeprefix("param."): (None if v is None or v != v else v.item() if hasattr(v, "item") else v)  # NaN: a None choice
                   for k, v in best_row.items() if k.startswith("param.")}
         best_cfg = base.merged(params)
         best_yaml = best_experiment_yaml(best_cfg, args.name, best_row["trial_id"], spec.metric, best_row[spec.metric])
@@ -187,6 +200,6 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, e
     print("  params: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     print(f"  checkpoint: {best_row['checkpoint']}")
     if best_row.get("mlflow_run_id"):
-        print(f"  MLflow run: {best_row['mlflow_run_id']} (parent {parent.run_id}, {base.tracking.uri})")
+        print(f"  MLflow run: {best_row['mlflow_run_id']} (parent {parent.run_id}, {redact_text(base.tracking.uri)})")
     print(f"  as an experiment: {exp_dir / 'summary' / 'best_experiment.yaml'}")
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -27,10 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tune's snapshot of the experiment every second (its default: every 10 s or more), so a driver
+# killed mid-study leaves no trial that ran, or finished, unrecorded for --resume.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from adastft.config import ConfigError  # noqa: E402
 from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
-from tune.settings import REMOTE_SCHEMES, SearchError, absolutise, compose, storage_root  # noqa: E402
+from tune.settings import REMOTE_SCHEMES, SearchError, absolutise, compose, plan_resources, storage_root  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -74,6 +78,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.stall_timeout < 0:
         p.error(f"--stall-timeout must be >= 0, got {args.stall_timeout}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        p.error(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     return args, overrides
 
 
@@ -93,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"--resume: no study {args.name!r} in {storage} to continue")
         if base.tracking.enabled:
             check_tracking_uri(base.tracking.uri)
+        if args.address is None:  # a local Ray gets this machine's resources: check the plan before starting it
+            import torch
+
+            plan_resources(args, float(len(os.sched_getaffinity(0))), float(torch.cuda.device_count()))
+        elif ":" in args.address.rpartition("/")[2]:  # host:port: ray.init would wait minutes for a dead address
+            host, _, port = args.address.rpartition("/")[2].rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except (OSError, ValueError) as exc:
+                raise SearchError(f"--address {args.address}: no Ray cluster answers there ({exc})") from None
     except (ConfigError, SearchError, TrackingUnavailable) as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ Optuna's plots, and the MLflow bookkeeping of trials Tune stopped from outside.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,8 +21,9 @@ from ray import tune  # noqa: E402
 from adastft import plots  # noqa: E402
 from adastft.checkpoint import load_checkpoint  # noqa: E402
 from adastft.config import Config  # noqa: E402
-from adastft.tracking import Tracker  # noqa: E402
+from adastft.tracking import Tracker, redact_text  # noqa: E402
 
+from tune.optuna_search import epochs_done  # noqa: E402
 from tune.trainable import TRIAL_TAG, find_trial_run  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,16 @@ class TrialRunCallback(tune.Callback):
         self.max_epochs = max_epochs
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        epochs = epochs_done(trial.last_result) or 0
         if epochs < self.max_epochs:
             self._close(trial, "KILLED", {"pruned": "true", "stopped_after_epochs": str(epochs)})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._close(trial, "FAILED", {"failure": "the trial raised or its process died; see the Tune log"})
+        # the error file is written in the driver's staging folder before this call, synced later
+        local = Path(trial.error_file) if trial.error_file else None
+        text = local.read_text() if local is not None and local.is_file() else trial.get_error() or ""
+        reason = error_reason(text) or "the trial raised or its process died; see the Tune log"
+        self._close(trial, "FAILED", {"failure": reason})
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
         try:
@@ -60,6 +66,14 @@ class TrialRunCallback(tune.Callback):
             tracker.end(status)
         except Exception as exc:  # bookkeeping must never stop the study
             log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, exc)
+
+
+def error_reason(text: str) -> str:
+    """The line of an error's text that names the exception and its message (the last such line
+    of a traceback), without terminal colours: the first line of a Ray task error names the actor."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Loss)(\(\w+\))?: ", line)]
+    return (named or lines or [""])[-1]
 
 
 def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
@@ -90,7 +104,7 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
         trial_id = metrics.get("trial_id") or Path(result.path).name
         row = {"trial_id": trial_id, "path": result.path,
                "checkpoint": result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path"),
-               "error": str(result.error).splitlines()[0] if result.error else None,
+               "error": error_reason(str(result.error)) if result.error else None,
                "epochs": metrics.get("training_iteration")}
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
@@ -120,7 +134,7 @@ def best_experiment_yaml(best_cfg: Config, study_name: str, trial_id: str, metri
         f"# The best trial ({trial_id}) of the search {study_name!r}: {metric} {value:.4f}.\n"
         f"# Copy to configs/experiment/{name}.yaml and run: python -m adastft.train experiment={name}\n"
     )
-    return header + yaml.safe_dump(data, sort_keys=False)
+    return redact_text(header + yaml.safe_dump(data, sort_keys=False))  # a file to commit: no credentials
 
 
 def optuna_plots(study: optuna.Study, out_dir: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ray import tune
 
+from adastft.checkpoint import load_checkpoint
 from adastft.config import Config
 from adastft.training import NonFiniteLoss, train
 
@@ -112,7 +113,13 @@ def _link_checkpoints(src: Path | None, dst: Path) -> None:
 
 
 def _restore_checkpoint(restored, out_dir: Path) -> None:
-    """Copy the checkpoint files of a Tune or Train checkpoint (or nothing, for None) into ``out_dir``."""
+    """Make ``out_dir`` hold the checkpoint files of a Tune or Train checkpoint, and only those.
+
+    Tune's checkpoint is the truth: files an earlier attempt wrote after its last report (it was
+    killed in between) are dropped, or the retry would train from an epoch Tune never saw.
+    """
+    for name in CHECKPOINT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
     if restored is None:
         return
     with restored.as_directory() as ck:
@@ -169,6 +176,11 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _restore_checkpoint(tune.get_checkpoint(), out_dir)
     cfg = trial_config(params, base, study, trial_id, out_dir)
+    last = out_dir / "last.pt"
+    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs - 1:
+        # Tune holds its final report, made after the test split and the artifacts: the driver
+        # died before recording the trial as finished. Resuming it must not do them again.
+        return
     watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
     try:
         train_fn(cfg, TuneReporter(watchdog))

@@ -6,10 +6,16 @@ whose key matches and rebuilds a missing, stale, truncated or corrupted one. Sev
 calling it at once serialise on an ``fcntl.flock`` side lock: the first builds into a temporary
 file in the same folder, fsyncs it and renames it into place (atomic on POSIX), the others wait,
 find the fresh file valid and reuse it. Readers that still map an older file keep its inode.
+
+Arrow IPC has no checksums, so a byte flipped inside a clip would be read as sound. The metadata
+carries a CRC-32 of every column's values and of the other metadata fields; ``read_key`` checks
+it (and validates every batch) before a file is reused, so a damaged file is rebuilt, not read as
+garbage. That is one pass over the file per ``prepare`` (about 0.8 s for GTZAN's 2.6 GB).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -17,6 +23,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "adastft.clips/1"
 _BATCH_ROWS = 16  # rows per record batch: bounds the memory of a build at ~16 clips
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the cache folder cannot take the file
 
 
 class CacheError(ValueError):
@@ -64,6 +72,19 @@ def schema(clip_samples: int, metadata: dict[str, str]) -> pa.Schema:
 Row = tuple[np.ndarray, int, str, int, int, int]  # audio, label, name, orig sr, channels, samples
 
 
+def _batch_crc(batch: pa.RecordBatch, crc: int) -> int:
+    """``crc`` (CRC-32) extended with the values of every column of ``batch``, in order."""
+    crc = zlib.crc32(batch.column(0).flatten().to_numpy(zero_copy_only=True).view(np.uint8), crc)
+    for i in (1, 3, 4, 5):
+        crc = zlib.crc32(np.ascontiguousarray(batch.column(i).to_numpy(zero_copy_only=False)).view(np.uint8), crc)
+    return zlib.crc32("\n".join(batch.column(2).to_pylist()).encode(), crc)
+
+
+def _checksum(content_crc: int, metadata: dict[str, str]) -> str:
+    fields = {k: v for k, v in metadata.items() if k != "checksum"}
+    return f"crc32:{zlib.crc32(json.dumps(fields, sort_keys=True).encode(), content_crc):08x}"
+
+
 def write_cache(
     path: str | os.PathLike,
     rows: Iterator[Row],
@@ -87,7 +108,7 @@ def write_cache(
         return pa.record_batch(columns, schema=plain)
 
     spill_path = f"{path}.spill"
-    n = 0
+    n, crc = 0, 0
     try:
         with pa.OSFile(spill_path, "wb") as spill_sink, pa.ipc.new_stream(spill_sink, plain) as spill:
             buffered: list[Row] = []
@@ -95,11 +116,17 @@ def write_cache(
                 buffered.append(row)
                 n += 1
                 if len(buffered) == _BATCH_ROWS:
-                    spill.write_batch(to_batch(buffered))
+                    batch = to_batch(buffered)
+                    crc = _batch_crc(batch, crc)
+                    spill.write_batch(batch)
                     buffered = []
             if buffered:
-                spill.write_batch(to_batch(buffered))
-        final = schema(clip_samples, metadata(n))
+                batch = to_batch(buffered)
+                crc = _batch_crc(batch, crc)
+                spill.write_batch(batch)
+        meta = metadata(n)
+        meta["checksum"] = _checksum(crc, meta)
+        final = schema(clip_samples, meta)
         with pa.memory_map(spill_path, "r") as source, pa.OSFile(str(path), "wb") as sink:
             with pa.ipc.new_file(sink, final) as writer:
                 for batch in pa.ipc.open_stream(source):
@@ -110,19 +137,32 @@ def write_cache(
     return n
 
 
-def read_key(path: str | os.PathLike) -> str | None:
-    """The key of a readable cache file, or ``None`` if it is missing or not a valid cache."""
+def read_key(path: str | os.PathLike, warn: bool = False) -> str | None:
+    """The key of a readable cache file, or ``None`` if it is missing or not a valid cache.
+
+    Valid: the format, the row count and the checksum of every value and metadata field match.
+    ``warn``: log a warning when the file exists but is damaged.
+    """
     try:
         with pa.memory_map(str(path), "r") as source:
             reader = pa.ipc.open_file(source)
-            meta = reader.schema.metadata or {}
-            if meta.get(b"format") != FORMAT.encode():
+            meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
+            if meta.get("format") != FORMAT or "checksum" not in meta:
                 return None
-            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-            if rows != int(meta.get(b"rows", b"-1")):
-                return None
-            return meta[b"key"].decode()
-    except (OSError, pa.ArrowException, KeyError, ValueError):
+            rows, crc = 0, 0
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                batch.validate(full=True)
+                rows += batch.num_rows
+                crc = _batch_crc(batch, crc)
+            if rows != int(meta.get("rows", "-1")) or meta["checksum"] != _checksum(crc, meta):
+                raise ValueError("its row count or checksum does not match its contents")
+            return meta["key"]
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException, KeyError, ValueError, UnicodeDecodeError) as err:
+        if warn:
+            log.warning("cache %s is damaged (%s); rebuilding it", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
 
 
@@ -145,13 +185,12 @@ def ensure_cache(path: str | os.PathLike, key: str, build: Callable[[str], None]
             fcntl.flock(lock, fcntl.LOCK_EX)
             log.info("waited %.1f s for %s", time.monotonic() - start, path)
         try:
-            if read_key(path) == key:  # built by the process we waited for
+            if read_key(path, warn=True) == key:  # built by the process we waited for
                 return False
             for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a killed builder
                 log.info("removing %s, left by an interrupted build", stale)
                 stale.unlink(missing_ok=True)
-            old = read_key(path)
-            log.info("%s cache %s", "rebuilding stale" if old else "building", path)
+            log.info("%s cache %s", "rebuilding" if path.exists() else "building", path)
             tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
             try:
                 build(str(tmp))
@@ -165,6 +204,14 @@ def ensure_cache(path: str | os.PathLike, key: str, build: Callable[[str], None]
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
+            except OSError as err:
+                if err.errno not in _WRITE_ERRORS:
+                    raise
+                # whatever was at `path` before is untouched: the build wrote only to `tmp`
+                reason = os.strerror(err.errno)
+                kept = "the previous cache file is unchanged" if path.exists() else "no cache file was written"
+                raise CacheError(f"cannot write the cache {path} ({reason}); {kept}: free space in {path.parent} "
+                                 "or set data.cache_dir") from err
             finally:
                 if tmp.exists():
                     tmp.unlink()
