@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -222,6 +223,8 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert run.info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_loss")})
     assert steps == [0, 1, 2]
+    # the trial's working copy of its checkpoints is gone: Tune holds them
+    assert not list((Path(tempfile.gettempdir()) / "adastft-trials" / "retry").glob("*/*.pt"))
 
 
 def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):

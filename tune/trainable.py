@@ -174,22 +174,27 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
         raise NonFiniteLoss(marker.read_text().strip())
     out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / trial_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    _restore_checkpoint(tune.get_checkpoint(), out_dir)
-    cfg = trial_config(params, base, study, trial_id, out_dir)
-    last = out_dir / "last.pt"
-    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs - 1:
-        # Tune holds its final report, made after the test split and the artifacts: the driver
-        # died before recording the trial as finished. Resuming it must not do them again.
-        return
-    watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
     try:
-        train_fn(cfg, TuneReporter(watchdog))
-    except NonFiniteLoss as exc:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(exc))
-        raise
+        _restore_checkpoint(tune.get_checkpoint(), out_dir)
+        cfg = trial_config(params, base, study, trial_id, out_dir)
+        last = out_dir / "last.pt"
+        if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs - 1:
+            # Tune holds its final report, made after the test split and the artifacts: the driver
+            # died before recording the trial as finished. Resuming it must not do them again.
+            return
+        watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
+        try:
+            train_fn(cfg, TuneReporter(watchdog))
+        except NonFiniteLoss as exc:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(exc))
+            raise
+        finally:
+            watchdog.stop()
     finally:
-        watchdog.stop()
+        # Tune holds every reported checkpoint and a retry restores from it: the working copy
+        # (hundreds of MB per trial) goes, or a study fills the disk's temp folder.
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 # ---- DDP trials --------------------------------------------------------------------------------
@@ -237,6 +242,7 @@ def _ddp_worker(loop_config: dict) -> None:
         train(cfg, TrainReporter(watchdog, rank))
     finally:
         watchdog.stop()
+        shutil.rmtree(out_dir, ignore_errors=True)  # Ray Train holds the reported checkpoints
 
 
 def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
