@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from adastft.config import Config
+from process_helpers import trial_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ROOT / "tune" / "search.py"
@@ -183,21 +184,6 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             assert steps == [0, 1], steps
 
 
-def _trial_pids(driver_pgid: int) -> list[int]:
-    """Trial actor processes of this driver's Ray: `ray::ImplicitFunc` children of its raylet."""
-    stats = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(proc.name)] = (cmd, int(fields[1]), int(fields[2]))  # cmdline, ppid, pgid
-    return [pid for pid, (cmd, ppid, _) in stats.items()
-            if cmd.startswith("ray::ImplicitFunc") and stats.get(ppid, ("", 0, 0))[2] == driver_pgid]
-
-
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     space = space_file(tmp_path)
     args = [sys.executable, str(SEARCH), "--trials", "1", "--search", str(space), "--name", "retry",
@@ -207,7 +193,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     exp = tmp_path / "runs/search/retry"
     try:
         _wait_for(lambda: any(exp.glob("run_trial_*/checkpoint_000000")), 300, "the first checkpoint")
-        pids = _trial_pids(driver.pid)  # the driver leads its own session and process group
+        pids = trial_pids(driver.pid)  # the driver leads its own session and process group
         assert pids, "no trial process found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # mid-epoch, the trial's worker process

@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from adastft.checkpoint import load_checkpoint
-from harness import env, kill_group, search_cmd, space_file, tiny, wait_for
+from harness import env, kill_group, search_cmd, space_file, tiny, wait_for  # puts tests/ on sys.path
+from process_helpers import trial_pids
 
 pytestmark = pytest.mark.slow
 
@@ -73,21 +74,6 @@ def tune_trials(tmp_path: Path, name: str) -> set[str]:
     """The trial ids in Tune's snapshot of the experiment by its last driver: the study's trials."""
     newest = max((tmp_path / "runs/search" / name).glob("experiment_state-*.json"))  # named by session start
     return {json.loads(state)["trial_id"] for state, _ in json.loads(newest.read_text())["trial_data"]}
-
-
-def _trial_pids(driver_pgid: int) -> list[int]:
-    """Trial processes of this driver's Ray: `ray::ImplicitFunc` workers under its raylet."""
-    stats = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(proc.name)] = (cmd, int(fields[1]), int(fields[2]))  # cmdline, ppid, pgid
-    return [pid for pid, (cmd, ppid, _) in stats.items()
-            if cmd.startswith("ray::ImplicitFunc") and stats.get(ppid, ("", 0, 0))[2] == driver_pgid]
 
 
 # ---- the driver killed mid-study ---------------------------------------------------------------
@@ -210,7 +196,7 @@ def test_trial_process_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_pat
 
         wait_for(tune_has_epoch_0, 300, "Tune's record of the first epoch and its checkpoint", interval=0.05)
         time.sleep(random.uniform(0.05, 0.3))  # into the next epoch's training steps
-        pids = _trial_pids(driver.pid)  # the driver leads its own session and process group
+        pids = trial_pids(driver.pid)  # the driver leads its own session and process group
         assert pids, "no trial process found"
         (last,) = trial_root.glob("*/last.pt")
         killed_at = load_checkpoint(last)["epoch"]  # the trial's newest checkpoint at the kill
