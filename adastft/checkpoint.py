@@ -129,13 +129,14 @@ def _remove_stale_temps(folder: Path) -> None:
     host = _host()
     for entry in folder.glob(".*.tmp"):
         m = _TEMP.match(entry.name)
-        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
             continue
         log.info("removing %s, left by a writer that was killed mid-write", entry)
         entry.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (in this PID namespace)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

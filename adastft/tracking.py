@@ -348,6 +348,22 @@ class Tracker:
         entities = [RunTag(k, redact(k, str(v), self._secrets)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         self._submit("tags", entities, MAX_PARAMS_TAGS_PER_BATCH)
 
+    def metric_steps(self, key: str) -> list[int]:
+        """The steps at which ``key`` has reached the store for this run ([] if the store cannot say)."""
+        try:
+            return [m.step for m in self._client.get_metric_history(self.run_id, key)]
+        except Exception as err:  # noqa: BLE001 - a question to the store must not end training
+            log.warning("could not read the history of %s from MLflow run %s: %s", key, self.run_id, _short(err))
+            return []
+
+    def tag(self, key: str) -> str | None:
+        """The run's tag ``key`` as the store has it (None if unset or the store cannot say)."""
+        try:
+            return self._client.get_run(self.run_id).data.tags.get(key)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not read the tags of MLflow run %s: %s", self.run_id, _short(err))
+            return None
+
     def pending(self) -> dict[str, int]:
         """How many params, metrics and tags wait in memory to be sent."""
         with self._lock:

@@ -199,6 +199,24 @@ def evaluate(
 # ---- the training function ----------------------------------------------------------------------
 
 
+REDONE_TAG = "redone_epochs"
+
+
+def _note_redone_epochs(tracker, start_epoch: int) -> None:
+    """A resumed run that logged epochs past its checkpoint (it died between logging an epoch and
+    saving it, or its caller restores an older checkpoint) trains them again: MLflow cannot take
+    points back, so both are kept and the run's ``redone_epochs`` tag lists the steps (0-based)."""
+    redone = {s for s in tracker.metric_steps("val_loss") if s >= start_epoch}
+    if not redone:
+        return
+    earlier = tracker.tag(REDONE_TAG)
+    steps = sorted(redone | {int(s) for s in (earlier or "").split(",") if s.strip().isdigit()})
+    tracker.set_tags({REDONE_TAG: ",".join(map(str, steps))})
+    log.warning("MLflow run %s already has epochs %s past the checkpoint it resumes from (step %d): they are "
+                "trained and logged again; both points stay (tag %s)", tracker.run_id,
+                ",".join(str(s + 1) for s in sorted(redone)), start_epoch, REDONE_TAG)
+
+
 def train(cfg: Config | Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, float]:
     """Train the classifier a config describes and return its final metrics.
 
@@ -260,6 +278,8 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             _tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
             tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
         )
+        if run_id is not None:
+            _note_redone_epochs(tracker, start_epoch)
         if not start_epoch:
             tracker.log_params(cfg.to_dict())
             tracker.log_params({"data.classes": ",".join(store.classes), "data.train_clips": len(store.indices("train"))})

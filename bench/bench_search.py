@@ -131,7 +131,8 @@ def main() -> None:
                                      "data": {"cache_dir": f"{tmp}/cache"}})
             parent = Tracker(base.tracking.uri, "bench", run_name="bench-study")
             study = {"name": "bench", "parent_run_id": parent.run_id, "experiment": "bench",
-                     "tracking_uri": base.tracking.uri, "notes_dir": f"{tmp}/notes", "stall_timeout_s": 600.0}
+                     "tracking_uri": base.tracking.uri, "notes_dir": f"{tmp}/notes", "stall_timeout_s": 600.0,
+                     "work_key": f"bench-{os.getpid()}"}
             ours = tune.with_parameters(run_trial, base=base.to_dict(), study=study, train_fn=noop_train)
             # per size: alternate, twice, so drift hits all alike; keep the faster of each
             times = {}

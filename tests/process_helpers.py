@@ -1,9 +1,40 @@
-"""Finding the processes a test's search started, by reading /proc (shared by the search tests
-and the reliability suite)."""
+"""Watching what a test's search makes: trial processes (read from /proc), the trials' working
+folders (from the study's state file), Optuna's trial states (shared by the search tests and the
+reliability suite)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sqlite3
+import tempfile
 from pathlib import Path
+
+
+def optuna_states(db: Path) -> list[str]:
+    """The states of a study's Optuna trials, read from its SQLite file without writing to it
+    ([] while the search is still creating it: ``optuna.load_study`` would race it to create the
+    tables, and either side could fail)."""
+    if not Path(db).exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return [state for (state,) in con.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.Error:
+        return []
+
+
+def trial_work_root(exp_dir: Path) -> Path:
+    """This machine's folder of a study's trial working copies (tune/trainable.work_root), once the
+    study has started: its key is in the study's state file, so stale folders never match."""
+    key = json.loads((Path(exp_dir) / "adastft_study.json").read_text())["work_key"]
+    return Path(tempfile.gettempdir()) / "adastft-trials" / key
+
+
+def remove_trial_work(study_name: str) -> None:
+    """Remove the working folders of every study named ``study_name`` (a test's own name)."""
+    for root in (Path(tempfile.gettempdir()) / "adastft-trials").glob(f"{study_name}-*"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def trial_pids(driver_pgid: int) -> list[int]:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from adastft.config import Config
-from process_helpers import trial_pids
+from process_helpers import optuna_states, trial_pids, trial_work_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ROOT / "tune" / "search.py"
@@ -119,6 +118,9 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
             assert run.info.status == "FAILED"
     assert sum(r.info.status == "FAILED" for r in children) == 1
 
+    # trials stopped by ASHA, failed or finished leave no working copy behind (Tune holds them)
+    assert not trial_work_root(tmp_path / "runs/search/asha").exists()
+
     # the best configuration is a ready-to-run experiment file
     best = yaml.safe_load((tmp_path / "runs/search/asha/summary/best_experiment.yaml").read_text())
     assert Config.from_dict(best).name == "best_asha"
@@ -160,8 +162,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
                               start_new_session=True)
     db = tmp_path / "runs/search/resume/optuna.db"
     try:
-        _wait_for(lambda: db.exists() and any(t.state == TrialState.COMPLETE for t in study(tmp_path, "resume").get_trials()),
-                  300, "a finished trial")
+        _wait_for(lambda: "COMPLETE" in optuna_states(db), 300, "a finished trial")
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-study
         driver.wait(30)
     finally:
@@ -178,10 +179,18 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     tune_ids = [r.data.tags["tune_trial_id"] for r in children]
     assert len(tune_ids) == len(set(tune_ids)), "an MLflow run was duplicated"
     assert not [r for r in children if r.info.status == "RUNNING"]
-    for run in children:  # finished trials were not re-run: each epoch logged once
+    redone = []
+    for run in children:  # finished trials were not re-run: each epoch logged once ...
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         if run.info.status == "FINISHED":
-            assert steps == [0, 1], steps
+            assert sorted(set(steps)) == [0, 1], steps
+            twice = sorted({s for s in steps if steps.count(s) > 1})
+            # ... but for epochs the trial in flight had logged past the checkpoint Tune recorded
+            # (the driver died in between): trained again, both points kept, and the run says so
+            assert run.data.tags.get("redone_epochs", "") == ",".join(map(str, twice)), (steps, run.data.tags)
+            redone += [run] if twice else []
+    assert len(redone) <= 1, "only the trial in flight at the kill may redo epochs"
+    assert not trial_work_root(tmp_path / "runs/search/resume").exists(), "working copies left"
 
 
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
@@ -209,8 +218,8 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert run.info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_loss")})
     assert steps == [0, 1, 2]
-    # the trial's working copy of its checkpoints is gone: Tune holds them
-    assert not list((Path(tempfile.gettempdir()) / "adastft-trials" / "retry").glob("*/*.pt"))
+    # the trial's working copies of its checkpoints are gone (the killed attempt's too): Tune holds them
+    assert not trial_work_root(exp).exists()
 
 
 def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
@@ -285,3 +294,28 @@ def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_
     assert epochs_done({"epoch": 3.0, "training_iteration": 3}) == 4
     assert epochs_done({"training_iteration": 2}) == 2
     assert epochs_done(None) is None
+
+
+def test_a_trial_sweeps_its_studys_stale_working_folders(tmp_path, monkeypatch):
+    """Folders whose owner died, or is this very process (a reused one), go; live owners' stay."""
+    from tune.trainable import OWNER_FILE, claim_work_dir, work_root
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    study_info = {"work_key": "sweep-0123abcd"}
+    root = work_root(study_info)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        owners = {"dead": dead.pid, "mine": os.getpid(), "alive": alive.pid, "unowned": None}
+        for name, pid in owners.items():
+            (root / name).mkdir(parents=True)
+            (root / name / "last.pt").write_bytes(b"x")
+            if pid is not None:
+                (root / name / OWNER_FILE).write_text(str(pid))
+        out_dir = claim_work_dir(study_info, "new")
+        assert out_dir == root / "new" and (out_dir / OWNER_FILE).read_text() == str(os.getpid())
+        assert sorted(p.name for p in root.iterdir()) == ["alive", "new", "unowned"]
+    finally:
+        alive.kill()
+        alive.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -95,6 +96,28 @@ def test_resume_continues_to_the_same_result(tmp_path):
         torch.testing.assert_close(b["model"][key], tensor, rtol=1e-5, atol=1e-6, msg=key)
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-5)
     assert [h["train_loss"] for h in b["history"]] == pytest.approx([h["train_loss"] for h in a["history"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_resuming_behind_the_logged_epochs_redoes_them_and_says_so(tmp_path):
+    """A run that died between logging an epoch and saving its checkpoint: the epoch is trained
+    again; MLflow cannot take points back, so both stay and the run's tag names the step."""
+    cfg = small_config(tmp_path, train={"epochs": 1}, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                                                 "experiment": "unit", "log_model": False})
+    train(cfg)
+    run_dir = tmp_path / "run"
+    shutil.copy(run_dir / "last.pt", tmp_path / "epoch0.pt")
+    cfg["train"]["epochs"] = 2
+    train(cfg)  # resumes the same run: epoch 2 logged at step 1
+    shutil.copy(tmp_path / "epoch0.pt", run_dir / "last.pt")  # its checkpoint lost
+    train(cfg)
+
+    client = MlflowClient(cfg["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 1]
+    assert run.data.tags["redone_epochs"] == "1"
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
 
 
 def _free_port() -> int:

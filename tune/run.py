@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -23,7 +24,7 @@ from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker, redact_text
 
 from tune.optuna_search import PrunedAwareOptunaSearch
-from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources
+from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources, run_on_nodes
 from tune.space import SchedulerSpec, SearchSpec
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import TRIAL_TAG, run_ddp_trial, run_trial
@@ -114,6 +115,8 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         parent = _parent_run(args, base, spec, sched, exp_dir, state)
         state["parent_run_id"] = parent.run_id
+        # the trials' working folders on each node: a study of its own, whatever its name
+        state.setdefault("work_key", f"{args.name}-{uuid.uuid4().hex[:8]}")
         state_file.write_text(json.dumps(state))
 
         optuna_url = args.optuna_storage or f"sqlite:///{exp_dir_path / 'optuna.db'}"
@@ -123,6 +126,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             "tracking_uri": base.tracking.uri, "notes_dir": str(exp_dir_path / "notes"),
             "stall_timeout_s": args.stall_timeout, "storage_path": storage, "workers": plan["workers"],
             "cpus_per_worker": plan["cpus"], "gpus_per_worker": plan["gpus"], "max_failures": args.max_failures,
+            "work_key": state["work_key"],
         }
         print(f"study {args.name!r}: {args.trials} trials, {plan['concurrent']} at a time, "
               f"{plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} worker(s) per trial, "
@@ -164,11 +168,43 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
                                             reuse_actors=True),
                 run_config=run_config,
             )
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        finally:
+            _remove_work_dirs(state["work_key"], local=args.address is None)
         _close_running_children(study_info, "ended with the study")
         return _summarise(args, base, spec, results, optuna_url, exp_dir_path, parent, started)
     finally:
         ray.shutdown()
+
+
+def _remove_work_dirs(work_key: str, local: bool) -> None:
+    """Remove the trials' working folders of the study on every node (Tune holds the checkpoints).
+
+    ``local``: Ray was started by this driver, so this machine is the only node.
+
+    Trials stopped by the scheduler or killed leave theirs behind; interrupting the study
+    (Ctrl-C) removes them too: ``--resume`` restores from Tune's copies.
+    """
+    def remove(key: str) -> int:  # runs on each node; stdlib only
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        root = Path(tempfile.gettempdir()) / "adastft-trials" / key
+        if not root.is_dir():
+            return 0
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        shutil.rmtree(root, ignore_errors=True)
+        return size
+
+    if local:  # the Ray this driver started: one node, this machine
+        freed, failed = {"local": remove(work_key)}, {}
+    else:
+        freed, failed = run_on_nodes(remove, (work_key,), [n for n in ray.nodes() if n.get("Alive")], wait_s=60)
+    log.info("removed the trials' working folders: %.0f MB on %d node(s)", sum(freed.values()) / 1e6, len(freed))
+    for node, why in failed.items():
+        log.warning("could not remove the trials' working folders on node %s: %s", node, why)
 
 
 def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, exp_dir: Path, parent, started) -> int:

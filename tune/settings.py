@@ -151,9 +151,6 @@ def _unreachable_from(url: str, nodes: list[dict], timeout_s: float = 5.0,
     server is reachable; a refused or timed-out connection, or a name that does not resolve,
     does not. A node whose task does not finish within ``wait_s`` is reported as such.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     def probe(target: str, timeout: float) -> str | None:  # runs on the node; stdlib only
         import urllib.error
         import urllib.request
@@ -166,23 +163,36 @@ def _unreachable_from(url: str, nodes: list[dict], timeout_s: float = 5.0,
             return str(getattr(exc, "reason", None) or exc)
         return None
 
-    task = ray.remote(num_cpus=0, max_retries=0)(probe)
+    answers, failed = run_on_nodes(probe, (url, timeout_s), nodes, wait_s)
+    failed.update({node: reason for node, reason in answers.items() if reason})
+    return failed
+
+
+def run_on_nodes(fn, args: tuple, nodes: list[dict], wait_s: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run ``fn(*args)`` once on each of ``nodes``, in a tiny task pinned there.
+
+    ``fn`` should need only the standard library (define it inside the caller: it then travels
+    by value). Returns ``({node address: result}, {node address: why there is none})``.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
     refs = {}
     for node in nodes:
         pinned = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-        refs[pinned.remote(url, timeout_s)] = node.get("NodeManagerAddress") or node["NodeID"]
+        refs[pinned.remote(*args)] = node.get("NodeManagerAddress") or node["NodeID"]
     done, late = ray.wait(list(refs), num_returns=len(refs), timeout=wait_s)
-    failed = {refs[ref]: f"no answer from the check within {wait_s:g} s" for ref in late}
+    failed = {refs[ref]: f"no answer within {wait_s:g} s" for ref in late}
+    answers = {}
     for ref in done:
         try:
-            reason = ray.get(ref)
+            answers[refs[ref]] = ray.get(ref)
         except Exception as exc:  # the task itself failed on that node
-            reason = f"the check failed there: {str(exc).strip().splitlines()[-1]}"
-        if reason:
-            failed[refs[ref]] = reason
+            failed[refs[ref]] = f"the task failed there: {str(exc).strip().splitlines()[-1]}"
     for ref in late:
         ray.cancel(ref, force=True)
-    return failed
+    return answers, failed
 
 
 def check_cluster(storage: str, tracking_uri: str | None) -> None:

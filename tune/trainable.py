@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from ray import tune
 
-from adastft.checkpoint import load_checkpoint
+from adastft.checkpoint import load_checkpoint, pid_alive
 from adastft.config import Config
 from adastft.training import NonFiniteLoss, train
 
@@ -162,6 +162,44 @@ def find_trial_run(study: Mapping[str, Any], trial_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+# ---- the trials' working folders ----------------------------------------------------------------
+#
+# A trial writes its checkpoints into a folder of the node's temp dir, and Tune copies each
+# reported one into its storage. The folder is only a working copy: a retry restores from Tune.
+# Folders are per study (its name and a random id kept in the study's state file, so that two
+# studies of the same name never share one), per trial, and carry the pid of the process that
+# owns them. A trial that starts removes the folders of its study on its node whose owner is
+# dead or is its own process (a reused one: the trial before it has ended); the driver removes
+# the study's folders on every node when the study ends. A trial stopped by the scheduler, or a
+# killed one, cannot be trusted to clean up after itself.
+
+OWNER_FILE = "owner.pid"
+
+
+def work_root(study: Mapping[str, Any]) -> Path:
+    """This node's folder for the working copies of ``study``'s trials."""
+    return Path(tempfile.gettempdir()) / "adastft-trials" / study["work_key"]
+
+
+def claim_work_dir(study: Mapping[str, Any], name: str) -> Path:
+    """Create (or take over) the working folder ``name`` of this study, after sweeping stale ones."""
+    root = work_root(study)
+    out_dir = root / name
+    if root.is_dir():
+        for other in root.iterdir():
+            if other == out_dir or not other.is_dir():
+                continue
+            try:
+                owner = int((other / OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                continue  # being created right now, or not ours
+            if owner == os.getpid() or not pid_alive(owner):
+                shutil.rmtree(other, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OWNER_FILE).write_text(str(os.getpid()))
+    return out_dir
+
+
 def _nonfinite_marker(study: Mapping[str, Any], trial_id: str) -> Path:
     return Path(study["notes_dir"]) / f"{trial_id}.nonfinite"
 
@@ -172,8 +210,7 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
     marker = _nonfinite_marker(study, trial_id)
     if marker.exists():  # a retry cannot fix a diverging configuration: fail again at once
         raise NonFiniteLoss(marker.read_text().strip())
-    out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / trial_id
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_work_dir(study, trial_id)
     try:
         _restore_checkpoint(tune.get_checkpoint(), out_dir)
         cfg = trial_config(params, base, study, trial_id, out_dir)
@@ -232,8 +269,7 @@ def _ddp_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     study, trial_id = loop_config["study"], loop_config["trial_id"]
-    out_dir = Path(tempfile.gettempdir()) / "adastft-trials" / study["name"] / f"{trial_id}-rank{rank}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_work_dir(study, f"{trial_id}-rank{rank}")
     _restore_checkpoint(ray.train.get_checkpoint(), out_dir)
     cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
     beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None

@@ -16,11 +16,9 @@ scanned for each secret value.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +32,7 @@ from optuna.trial import TrialState
 
 from adastft.checkpoint import load_checkpoint
 from harness import MlflowServer, env, kill_group, search_cmd, space_file, tiny, wait_for
+from process_helpers import remove_trial_work, trial_work_root  # tests/ is on sys.path after harness
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +145,7 @@ def study_name():
     """A study name of this test only; its trial folders under the temp dir are removed after."""
     name = f"rel{uuid.uuid4().hex[:8]}"
     yield name
-    shutil.rmtree(Path(tempfile.gettempdir()) / "adastft-trials" / name, ignore_errors=True)
+    remove_trial_work(name)
 
 
 def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(tmp_path, faults, server, study_name):
@@ -154,7 +153,6 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
     secrets_case = faults("secrets in env, tracking URI and config during a search")
     name = study_name
     epochs = 10
-    trial_root = Path(tempfile.gettempdir()) / "adastft-trials" / name
     overrides = [o for o in tiny(tmp_path, epochs=epochs, tracking_uri=secret_uri(server)) if not o.startswith("tracking.log_model")]
     args = ["--trials", "2", "--max-concurrent", "2", "--search", str(space_file(tmp_path)), "--name", name,
             "--scheduler", "none", "--verbose", *overrides, "tracking.log_model=true",
@@ -174,6 +172,7 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
                 return len(children) == 2 and all("val_loss" in r.data.metrics for r in children)
 
             wait_for(both_trials_logged_an_epoch, 400, "both trials to log an epoch", interval=0.5)
+            trial_root = trial_work_root(tmp_path / "runs/search" / name)
             at_stop = _trial_epochs(trial_root)
             os.killpg(server.proc.pid, signal.SIGSTOP)
             stopped = time.monotonic()

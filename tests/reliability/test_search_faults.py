@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +25,7 @@ from optuna.trial import TrialState
 
 from adastft.checkpoint import load_checkpoint
 from harness import env, kill_group, search_cmd, space_file, tiny, wait_for  # puts tests/ on sys.path
-from process_helpers import trial_pids
+from process_helpers import optuna_states, remove_trial_work, trial_pids, trial_work_root
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +38,7 @@ def study_name(request):
     """A study name of this test only; its trial folders under the temp dir are removed after."""
     name = f"rel{uuid.uuid4().hex[:8]}"
     yield name
-    shutil.rmtree(Path(tempfile.gettempdir()) / "adastft-trials" / name, ignore_errors=True)
+    remove_trial_work(name)
 
 
 def load_study(tmp_path: Path, name: str) -> optuna.Study:
@@ -96,10 +94,8 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
     db = tmp_path / "runs/search" / study_name / "optuna.db"
 
     def one_done_one_running() -> bool:
-        if not db.exists():
-            return False
-        states = [t.state for t in load_study(tmp_path, study_name).get_trials()]
-        return states.count(TrialState.COMPLETE) >= 1 and TrialState.RUNNING in states
+        states = optuna_states(db)
+        return "COMPLETE" in states and "RUNNING" in states
 
     try:
         wait_for(one_done_one_running, 300, "a finished trial and a running one")
@@ -169,6 +165,10 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
                 lost += 1
             elif tid in finished_before and got != want:
                 problems.append(f"trial {tid} (finished before the kill) logged {metric} steps {got}")
+        got = steps(client, run.info.run_id, "val_loss")  # epochs trained again are named
+        twice = ",".join(str(s) for s in sorted({s for s in got if got.count(s) > 1}))
+        if run.data.tags.get("redone_epochs", "") != twice:
+            problems.append(f"trial {tid}: steps {got} but tag redone_epochs={run.data.tags.get('redone_epochs')!r}")
     case.fault(survived=not problems, lost=lost,
                note=f"detail: {len(finished_before)} finished before the kill, {len(deleted)} abandoned")
     assert not problems, "\n".join(problems)
@@ -186,7 +186,6 @@ def test_trial_process_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_pat
             "--max-failures", "2", *tiny(tmp_path, epochs=epochs), "data.synthetic_clips_per_class=12"]
     driver = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env(), start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    trial_root = Path(tempfile.gettempdir()) / "adastft-trials" / study_name
     exp = tmp_path / "runs/search" / study_name
     killed_at = None
     try:
@@ -198,7 +197,7 @@ def test_trial_process_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_pat
         time.sleep(random.uniform(0.05, 0.3))  # into the next epoch's training steps
         pids = trial_pids(driver.pid)  # the driver leads its own session and process group
         assert pids, "no trial process found"
-        (last,) = trial_root.glob("*/last.pt")
+        (last,) = trial_work_root(exp).glob("*/last.pt")
         killed_at = load_checkpoint(last)["epoch"]  # the trial's newest checkpoint at the kill
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
