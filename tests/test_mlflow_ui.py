@@ -12,17 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_server import MlflowServer
 from test_search import ROOT, run_search, space_file, tiny
 
 pytestmark = pytest.mark.slow
@@ -42,55 +38,6 @@ def _browser_prerequisites():
         missing.append("the selenium Python package")
     if missing:
         pytest.fail(f"MLflow UI test needs {', '.join(missing)}: {INSTALL}", pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _mlflow_server(tmp_path: Path):
-    """Start `mlflow server` on the study's SQLite store; returns (url, process, log path)."""
-    port = _free_port()
-    log = tmp_path / "mlflow-server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
-             "--artifacts-destination", str(tmp_path / "mlartifacts")],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return f"http://127.0.0.1:{port}", proc, log
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:  # the server and its uvicorn worker: the session this test started
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=20)
 
 
 def _chromium(tmp_path: Path):
@@ -168,10 +115,11 @@ def test_mlflow_ui_shows_the_study_trials_and_their_window_artifacts(tmp_path):
     child = children[0]
 
     # 2. a real MLflow server on loopback, and 3. headless Chromium
-    url, server, log = _mlflow_server(tmp_path)
+    server = MlflowServer(tmp_path, store=f"sqlite:///{tmp_path}/mlflow.db")
+    url = server.uri
     driver = None
     try:
-        _wait_healthy(url, server, log)
+        server.start(wait=180)
         # the server serves the runs' artifacts (their URIs are file:// paths under tmp_path/mlartifacts)
         with urllib.request.urlopen(f"{url}/ajax-api/2.0/mlflow/artifacts/list?run_id={child.info.run_id}"
                                     "&path=tensors", timeout=30) as response:
@@ -219,7 +167,7 @@ def test_mlflow_ui_shows_the_study_trials_and_their_window_artifacts(tmp_path):
     finally:
         if driver is not None:
             driver.quit()
-        _stop(server)
+        server.stop()
 
     if os.environ.get("ADASTFT_UPDATE_DOCS") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)

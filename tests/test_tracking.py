@@ -7,10 +7,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -23,10 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow.pytorch  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import requests  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from mlflow_server import MlflowServer, free_port  # noqa: E402
 from adastft.tracking import (  # noqa: E402
     PARENT_RUN_TAG,
     NullTracker,
@@ -51,12 +47,6 @@ def uri(tmp_path: Path, empty_store: Path) -> str:
     """A fresh real SQLite store per test (a copy of the empty one)."""
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -337,55 +327,9 @@ def test_rejected_batch_is_dropped_not_raised(uri, caplog):
 # ---- a real MLflow server that goes away mid-run -----------------------------------------------
 
 
-class Server:
-    def __init__(self, tmp_path: Path):
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.store = f"sqlite:///{tmp_path}/server.db"
-        self.artifacts = tmp_path / "art"
-        self.log = tmp_path / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: float = 60.0) -> None:
-        mlflow_cli = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
-        cmd = [*mlflow_cli.split(), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", self.store, "--default-artifact-root", str(self.artifacts)]
-        with open(self.log, "ab") as out:
-            # Its background job runner (GenAI scorers) doubles the start time and is not needed here.
-            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer in {wait} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the port must really be closed before we go on
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def _server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("server"))
+    srv = MlflowServer(tmp_path_factory.mktemp("server"), artifacts="direct")
     yield srv
     srv.stop()
 
@@ -393,7 +337,7 @@ def _server(tmp_path_factory):
 @pytest.fixture
 def server(_server):
     """One server for the module (a start costs 10-20 s on 2 cores), running when a test begins."""
-    if _server.proc is None or _server.proc.poll() is not None:
+    if not _server.running:
         _server.start()
     return _server
 

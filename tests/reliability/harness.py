@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -20,6 +18,8 @@ REPO = HERE.parents[1]
 SEARCH = REPO / "tune" / "search.py"
 sys.path.insert(0, str(HERE.parent))  # data_helpers
 sys.path.insert(0, str(HERE))  # kill_targets (imported by forked training processes)
+
+from mlflow_server import MlflowServer as _MlflowServer, free_port  # noqa: E402,F401  (tests/ is on sys.path now)
 
 
 # ---- fault records -----------------------------------------------------------------------------
@@ -74,12 +74,6 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5) -> Non
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- tiny configurations ------------------------------------------------------------------------
 
 
@@ -131,48 +125,10 @@ def search_cmd(*args: str) -> list[str]:
 # ---- a real MLflow server on loopback ---------------------------------------------------------
 
 
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a SQLite backend; stop() and start() keep port and store."""
+class MlflowServer(_MlflowServer):
+    """The suite's server: artifacts proxied as on a cluster, stopped as a crash (SIGKILL), started
+    with the suite's environment."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.store = f"sqlite:///{folder}/server.db"
-        self.artifacts = folder / "server-artifacts"
-        self.log = folder / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: float = 120.0) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", str(self.artifacts),
-               "--serve-artifacts"]
-        with open(self.log, "ab") as out:
-            # Its job runner (GenAI scorers) doubles the start time and is not needed here.
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer in {wait:g} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGKILL)  # gone at once, as a crashed server is
-        self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # the port must really be closed
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.1)
-
+        super().__init__(folder, artifacts="proxied", crash=True, env=env())
 
