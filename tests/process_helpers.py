@@ -27,13 +27,16 @@ def optuna_states(db: Path) -> list[str]:
 def trial_work_root(exp_dir: Path) -> Path:
     """This machine's folder of a study's trial working copies (tune/trainable.work_root), once the
     study has started: its key is in the study's state file, so stale folders never match."""
-    key = json.loads((Path(exp_dir) / "adastft_study.json").read_text())["work_key"]
-    return Path(tempfile.gettempdir()) / "adastft-trials" / key
+    from tune.trainable import work_root
+
+    return work_root(json.loads((Path(exp_dir) / "adastft_study.json").read_text()))
 
 
 def remove_trial_work(study_name: str) -> None:
     """Remove the working folders of every study named ``study_name`` (a test's own name)."""
-    for root in (Path(tempfile.gettempdir()) / "adastft-trials").glob(f"{study_name}-*"):
+    from tune.trainable import WORK_DIRS
+
+    for root in (Path(tempfile.gettempdir()) / WORK_DIRS).glob(f"{study_name}-*"):
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources, run_on_nodes
 from tune.space import SchedulerSpec, SearchSpec
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
-from tune.trainable import TRIAL_TAG, run_ddp_trial, run_trial
+from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
 
 log = logging.getLogger("adastft.search")
 
@@ -133,10 +133,11 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
               f"scheduler {sched.type}, results in {storage}/{args.name}"
               + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
 
+        exp_path = f"{storage}/{args.name}"
+        restoring = args.resume and tune.Tuner.can_restore(exp_path)
         if args.resume:
             # Runs a dead driver's trials left RUNNING: closed now; a trial Tune resumes reopens its own.
-            exp = f"{storage}/{args.name}"
-            known = {t.trial_id for t in tune.ExperimentAnalysis(exp).trials} if tune.Tuner.can_restore(exp) else set()
+            known = {t.trial_id for t in tune.ExperimentAnalysis(exp_path).trials} if restoring else set()
             _close_running_children(study_info, "interrupted", known)
         fn = run_trial if plan["workers"] == 1 else run_ddp_trial
         resources = {"cpu": plan["cpus"], "gpu": plan["gpus"]} if plan["workers"] == 1 else {"cpu": 0.01}
@@ -147,8 +148,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialRunCallback(study_info, base.train.epochs)] if base.tracking.enabled else [],
         )
-        exp_path = f"{storage}/{args.name}"
-        if args.resume and tune.Tuner.can_restore(exp_path):
+        if restoring:
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
         else:
             searcher = PrunedAwareOptunaSearch(
@@ -186,22 +186,23 @@ def _remove_work_dirs(work_key: str, local: bool) -> None:
     Trials stopped by the scheduler or killed leave theirs behind; interrupting the study
     (Ctrl-C) removes them too: ``--resume`` restores from Tune's copies.
     """
-    def remove(key: str) -> int:  # runs on each node; stdlib only
+    def remove(folder: str) -> int:  # runs on each node (its own temp dir); stdlib only
         import shutil
         import tempfile
         from pathlib import Path
 
-        root = Path(tempfile.gettempdir()) / "adastft-trials" / key
+        root = Path(tempfile.gettempdir()) / folder
         if not root.is_dir():
             return 0
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
         shutil.rmtree(root, ignore_errors=True)
         return size
 
+    folder = f"{WORK_DIRS}/{work_key}"
     if local:  # the Ray this driver started: one node, this machine
-        freed, failed = {"local": remove(work_key)}, {}
+        freed, failed = {"local": remove(folder)}, {}
     else:
-        freed, failed = run_on_nodes(remove, (work_key,), [n for n in ray.nodes() if n.get("Alive")], wait_s=60)
+        freed, failed = run_on_nodes(remove, (folder,), [n for n in ray.nodes() if n.get("Alive")], wait_s=60)
     log.info("removed the trials' working folders: %.0f MB on %d node(s)", sum(freed.values()) / 1e6, len(freed))
     for node, why in failed.items():
         log.warning("could not remove the trials' working folders on node %s: %s", node, why)

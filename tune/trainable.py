@@ -174,11 +174,12 @@ def find_trial_run(study: Mapping[str, Any], trial_id: str) -> str | None:
 # killed one, cannot be trusted to clean up after itself.
 
 OWNER_FILE = "owner.pid"
+WORK_DIRS = "adastft-trials"  # in the node's temp dir, one folder per study inside
 
 
 def work_root(study: Mapping[str, Any]) -> Path:
     """This node's folder for the working copies of ``study``'s trials."""
-    return Path(tempfile.gettempdir()) / "adastft-trials" / study["work_key"]
+    return Path(tempfile.gettempdir()) / WORK_DIRS / study["work_key"]
 
 
 def claim_work_dir(study: Mapping[str, Any], name: str) -> Path:

@@ -147,6 +147,16 @@ def _final_checks(out_dir: Path, epochs: int) -> list[str]:
     return problems
 
 
+def _record_kill(case, ledger: Ledger, i: int, during: str, exit_code: int | None) -> list[str]:
+    """After kill ``i``: check the folder against the ledger, record the fault, and return its
+    problems as failure lines (a process that ended before the kill is one)."""
+    problems, lost = ledger.check()
+    if exit_code != -signal.SIGKILL:
+        problems.append(f"the process ended with {exit_code} before the kill")
+    case.fault(survived=not problems, lost=lost, note=f"kill {i + 1} during {during}")
+    return [f"kill {i + 1} ({during}): {p}" for p in problems]
+
+
 def test_kill_9_while_writing_checkpoints_never_loses_last_or_best(tmp_path, faults):
     case = faults(f"kill -9 training mid-checkpoint x{KILLS} (forked train())")
     rng = random.Random(int(os.environ.get("ADASTFT_RELIABILITY_SEED", "7")))
@@ -164,11 +174,7 @@ def test_kill_9_while_writing_checkpoints_never_loses_last_or_best(tmp_path, fau
         during = _aim_and_kill(proc.pid, proc.is_alive, out_dir, target, rng, give_up_s=3.0)
         proc.join(30)
         kinds[during] = kinds.get(during, 0) + 1
-        problems, lost = ledger.check()
-        if proc.exitcode != -signal.SIGKILL:
-            problems.append(f"the process ended with {proc.exitcode} before the kill")
-        case.fault(survived=not problems, lost=lost, note=f"kill {i + 1} during {during}")
-        failures += [f"kill {i + 1} ({during}): {p}" for p in problems]
+        failures += _record_kill(case, ledger, i, during, proc.exitcode)
 
     # The last process resumes and finishes: every epoch exactly once, best.pt the best epoch.
     epochs = (ledger.last_epoch if ledger.last_epoch is not None else -1) + 3
@@ -200,11 +206,7 @@ def test_kill_9_of_the_command_line_mid_checkpoint_then_resume(tmp_path, faults)
             proc.wait(30)
         finally:
             kill_group(proc)
-        problems, lost = ledger.check()
-        if proc.returncode != -signal.SIGKILL:
-            problems.append(f"the process ended with {proc.returncode} before the kill")
-        case.fault(survived=not problems, lost=lost, note=f"kill {i + 1} during {during}")
-        failures += [f"kill {i + 1} ({during}): {p}" for p in problems]
+        failures += _record_kill(case, ledger, i, during, proc.returncode)
     epochs = (ledger.last_epoch if ledger.last_epoch is not None else -1) + 2
     done = subprocess.run([*args, f"train.epochs={epochs}"], cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=300)
