@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), written to a
 temporary file in the same folder, fsynced, then renamed over the target: a reader sees the old
 file or the new one, never a torn one (the original project lost its best model to exactly that).
-A writer killed mid-write leaves its temporary file behind; the next save in that folder removes
+A best checkpoint that is also the last one is one file under two names (a hard link), not
+two writes. A writer killed mid-write leaves its temporary file behind; the next save in that folder removes
 it (the name carries the host and process id, so a live writer's file is never touched). A write
 that fails (a full disk) raises :class:`CheckpointError` and leaves the previous file as it was.
 The stored config is redacted like MLflow params (passwords in URIs, values of secret-named
@@ -16,6 +17,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -33,9 +35,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded or written; the message names the file and why."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path, durable: bool = True) -> Path:
     """Write ``state`` atomically to ``path`` (temp file, fsync, rename, fsync of the folder).
 
+    ``durable=False`` skips the two fsyncs (still atomic; a power cut may lose the file): for a
+    working copy that a caller persists itself, as Tune does with a trial's reported checkpoint.
     Raises :class:`CheckpointError` naming the file and the reason (e.g. no space left on device)
     when the write fails; ``path`` is then untouched.
     """
@@ -49,7 +53,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         with sink:
             torch.save(state, sink)
             sink.flush()
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -60,12 +65,51 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
         hint = f": free space in {path.parent}" if error is not None and error.errno == errno.ENOSPC else ""
         raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({reason}); {kept}{hint}") from exc
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _fsync_dir(path.parent)
+    return path
+
+
+def link_checkpoint(src: str | Path, path: str | Path, durable: bool = True) -> Path:
+    """Make ``path`` hold the checkpoint ``src`` holds, atomically, without writing it again.
+
+    A hard link where the file system has them (the files then share their data: a later
+    :func:`save_checkpoint` to either replaces that one's file and leaves the other as it was),
+    else a copy. ``path`` is the old file or the new one at any moment; ``durable`` as in
+    :func:`save_checkpoint`. Raises :class:`CheckpointError` naming the file and the reason.
+    """
+    src, path = Path(src), Path(path)
+    _remove_stale_temps(path.parent)
+    tmp = path.parent / f".{path.name}.ckpt-{_host()}-{os.getpid()}-link.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            shutil.copyfile(src, tmp)
+            if durable:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        hint = f": free space in {path.parent}" if err.errno == errno.ENOSPC else ""
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r} from {src.name} "
+                              f"({err.strerror or err}); {kept}{hint}") from err
+    if durable:
+        _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 class _Sink:

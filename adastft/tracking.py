@@ -253,6 +253,27 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 # ---- trackers ----------------------------------------------------------------------------------
 
 
+# (tracking URI, experiment name) -> id, per process: the trials of a study that share a process
+# (Tune reuses it) look the experiment up once. Only ids of active experiments are kept; a run
+# that cannot be created in a remembered one (deleted since) makes the Tracker look again.
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
+
+
+def experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str | None:
+    """The id of the experiment ``name`` in ``client``'s store (None when there is none),
+    remembered for this process like :class:`Tracker` does."""
+    key = (tracking_uri, name)
+    known = _EXPERIMENT_IDS.get(key)
+    if known is not None:
+        return known
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return None
+    if found.lifecycle_stage == "active":
+        _EXPERIMENT_IDS[key] = found.experiment_id
+    return found.experiment_id
+
+
 class Tracker:
     """One MLflow run, created, nested under ``parent_run_id`` or resumed from ``run_id``.
 
@@ -301,12 +322,21 @@ class Tracker:
                 self._client.update_run(run_id, status="RUNNING")
             log.info("resumed MLflow run %s (was %s)", run_id, run.info.status)
         else:
+            remembered = (tracking_uri, experiment) in _EXPERIMENT_IDS
             self.experiment_id = self._experiment_id(experiment, artifact_root)
             run_tags = _context_tags()
             run_tags.update({k: redact(k, str(v), self._secrets) for k, v in (tags or {}).items()})
             if parent_run_id is not None:
                 run_tags[PARENT_RUN_TAG] = parent_run_id
-            run = self._client.create_run(self.experiment_id, tags=run_tags, run_name=run_name)
+            try:
+                run = self._client.create_run(self.experiment_id, tags=run_tags, run_name=run_name)
+            except MlflowException:
+                if not remembered:
+                    raise
+                # the remembered experiment was deleted (or its store replaced) since: look again
+                _EXPERIMENT_IDS.pop((tracking_uri, experiment), None)
+                self.experiment_id = self._experiment_id(experiment, artifact_root)
+                run = self._client.create_run(self.experiment_id, tags=run_tags, run_name=run_name)
             self.run_id = run.info.run_id
             log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run.info.run_name,
                      experiment, redact_text(tracking_uri, self._secrets))
@@ -314,6 +344,14 @@ class Tracker:
             self.set_tags(tags)
 
     def _experiment_id(self, name: str, artifact_root: str | None) -> str:
+        known = _EXPERIMENT_IDS.get((self.tracking_uri, name))
+        if known is not None:
+            return known
+        found = self._find_or_create_experiment(name, artifact_root)
+        _EXPERIMENT_IDS[(self.tracking_uri, name)] = found
+        return found
+
+    def _find_or_create_experiment(self, name: str, artifact_root: str | None) -> str:
         found = self._client.get_experiment_by_name(name)
         if found is None:
             if artifact_root is None and self.tracking_uri.startswith("sqlite:///"):

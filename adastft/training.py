@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adastft import distributed, plots
-from adastft.checkpoint import load_checkpoint, save_checkpoint
+from adastft.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.config import Config
 from adastft.data import Augment, ClipStore, EvalParts, SpecAugment, TrainCrops, prepare, vote
 from adastft.layer import AdaSTFT, AdaSTFTBank
@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
-    """What the caller (the CLI, a test, a Tune trial) hears each epoch."""
+    """What the caller (the CLI, a test, a Tune trial) hears each epoch.
+
+    A reporter whose class sets ``persists_checkpoints = True`` keeps a copy of every checkpoint
+    it is handed (Tune does): the run's own files are then written without fsync.
+    """
 
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None: ...
 
@@ -259,6 +263,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
 
     start_epoch, best_acc, history, run_id = 0, -1.0, [], cfg.tracking.run_id
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    durable = not getattr(reporter, "persists_checkpoints", False)
     if cfg.train.resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(state["model"])
@@ -280,9 +285,9 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         )
         if run_id is not None:
             _note_redone_epochs(tracker, start_epoch)
-        if not start_epoch:
-            tracker.log_params(cfg.to_dict())
-            tracker.log_params({"data.classes": ",".join(store.classes), "data.train_clips": len(store.indices("train"))})
+        if not start_epoch:  # one batch: each is a round trip to the store
+            tracker.log_params({**cfg.to_dict(), "data.classes": ",".join(store.classes),
+                                "data.train_clips": len(store.indices("train"))})
 
     train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
@@ -339,9 +344,11 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                     "classes": list(store.classes), "rng": _rng_state(), "mlflow_run_id": tracker.run_id,
                     "val_confusion": torch.from_numpy(val.confusion),
                 }
-                if improved:
-                    save_checkpoint(state, best_path)
-                save_checkpoint(state, last_path)
+                if improved:  # best first: a kill between the two leaves last.pt older, never best.pt
+                    save_checkpoint(state, best_path, durable=durable)
+                    link_checkpoint(best_path, last_path, durable=durable)
+                else:
+                    save_checkpoint(state, last_path, durable=durable)
                 log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
                          epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
                          val.segment_accuracy, metrics["epoch_seconds"])
@@ -349,14 +356,14 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             if epoch == cfg.train.epochs - 1:
                 # Finish before the last report: a caller may end the process on it (Tune stops
                 # a trial that reached its last epoch from inside that report).
-                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
+                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
                 finished, status = True, "FINISHED"
             reporter.report(metrics, out_dir)
             if not finished and ctx.any(reporter.should_stop()):
                 log.info("stopped by the caller after epoch %d", epoch + 1)
                 break
         if not finished:
-            metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp)}
+            metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
         status = "FINISHED"
         return metrics
     except NonFiniteLoss as exc:
@@ -412,7 +419,7 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool
                                f"plots/{prefix}kernel_change.png")
 
 
-def _finish(cfg, model, store, device, ctx, tracker, history, amp) -> dict[str, float]:
+def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> dict[str, float]:
     """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
     out_dir = Path(cfg.train.out_dir)
     log_frontends(tracker, model, "last", plots_too=False)  # before the best weights replace them
@@ -428,7 +435,7 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp) -> dict[str, 
     tracker.log_metrics(results, step=len(history))
     if best is not None:
         save_checkpoint({"model": best["model"], "config": cfg.to_dict(), "classes": list(store.classes),
-                         "epoch": best["epoch"]}, out_dir / "best_model.pt")
+                         "epoch": best["epoch"]}, out_dir / "best_model.pt", durable=durable)
     if isinstance(tracker, NullTracker):
         return results
     log_frontends(tracker, model, "best")

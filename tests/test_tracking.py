@@ -258,6 +258,25 @@ def test_nested_child_run_carries_parent_tag(uri):
     assert child.experiment_id == parent.experiment_id
 
 
+def test_experiment_is_looked_up_once_yet_a_deleted_one_is_found_again(uri):
+    """Trials sharing a process remember the experiment's id; a stale id never loses a run."""
+    client = MlflowClient(uri)
+    first = Tracker(uri, "exp")
+    lookups = []  # a spy on the real call, to count the store's lookups
+    real_lookup = MlflowClient.get_experiment_by_name
+    MlflowClient.get_experiment_by_name = lambda self, name: lookups.append(name) or real_lookup(self, name)
+    try:
+        again = Tracker(uri, "exp")
+        assert (again.experiment_id, lookups) == (first.experiment_id, [])
+        client.delete_experiment(first.experiment_id)  # in the UI, mid-study
+        restored = Tracker(uri, "exp")
+    finally:
+        MlflowClient.get_experiment_by_name = real_lookup
+    assert restored.experiment_id == first.experiment_id and lookups == ["exp"]
+    assert client.get_experiment(first.experiment_id).lifecycle_stage == "active"
+    assert client.get_run(restored.run_id).info.experiment_id == first.experiment_id
+
+
 def test_resume_by_run_id_makes_no_second_run(uri):
     first = Tracker(uri, "exp", run_name="resumable")
     first.log_metrics({"loss": 2.0}, step=0)

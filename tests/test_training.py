@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -16,7 +18,7 @@ import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
 
-from adastft.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adastft.checkpoint import CheckpointError, link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.tracking import TrackingUnavailable
 from adastft.training import NonFiniteLoss, train
 
@@ -109,7 +111,9 @@ def test_resuming_behind_the_logged_epochs_redoes_them_and_says_so(tmp_path):
     shutil.copy(run_dir / "last.pt", tmp_path / "epoch0.pt")
     cfg["train"]["epochs"] = 2
     train(cfg)  # resumes the same run: epoch 2 logged at step 1
-    shutil.copy(tmp_path / "epoch0.pt", run_dir / "last.pt")  # its checkpoint lost
+    # its checkpoint lost: last.pt may share its file with best.pt, so replace it, never write into it
+    shutil.copy(tmp_path / "epoch0.pt", run_dir / "last.pt.old")
+    os.replace(run_dir / "last.pt.old", run_dir / "last.pt")
     train(cfg)
 
     client = MlflowClient(cfg["tracking"]["uri"])
@@ -189,6 +193,46 @@ def test_checkpoint_write_is_atomic_and_pickles_are_refused(tmp_path):
     torch.save({"x": Payload()}, evil)
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(evil)
+
+
+def test_a_best_checkpoint_that_is_also_the_last_is_one_file_under_two_names(tmp_path):
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint({"epoch": 0}, last)
+    save_checkpoint({"a": torch.ones(3), "epoch": 1}, best, durable=False)
+    link_checkpoint(best, last, durable=False)
+    assert last.stat().st_ino == best.stat().st_ino and load_checkpoint(last)["epoch"] == 1
+    save_checkpoint({"epoch": 2}, last)  # the next epoch, not better: best.pt stays as it was
+    assert (load_checkpoint(best)["epoch"], load_checkpoint(last)["epoch"]) == (1, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last\.pt.* from gone\.pt .*"
+                                              r"the previous last\.pt is unchanged"):
+        link_checkpoint(tmp_path / "gone.pt", last)
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_a_best_checkpoint_on_another_file_system_is_copied(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system other than tmp_path's, for a real EXDEV")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        src = save_checkpoint({"epoch": 4}, Path(other) / "best.pt")
+        link_checkpoint(src, tmp_path / "last.pt")  # os.link fails with EXDEV: copied instead
+        assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
+        assert (tmp_path / "last.pt").stat().st_ino != src.stat().st_ino
+
+
+@pytest.mark.slow
+def test_epochs_write_each_checkpoint_once_and_best_pt_keeps_the_best(tmp_path):
+    """An improving epoch writes best.pt and links last.pt to it; later epochs leave it alone."""
+    cfg = small_config(tmp_path, tracking={"enabled": False}, train={"epochs": 3})
+    train(cfg)
+    run_dir = tmp_path / "run"
+    last, best = load_checkpoint(run_dir / "last.pt"), load_checkpoint(run_dir / "best.pt")
+    accuracies = [h["val_clip_accuracy"] for h in last["history"]]
+    best_epoch = max(range(3), key=lambda e: (accuracies[e], -e))  # the first of equals
+    assert best["epoch"] == best_epoch and last["epoch"] == 2
+    shares = (run_dir / "last.pt").stat().st_ino == (run_dir / "best.pt").stat().st_ino
+    assert shares == (best_epoch == 2)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from ray import tune
 
 from adastft.checkpoint import load_checkpoint, pid_alive
 from adastft.config import Config
+from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Watchdog:
 
 class TuneReporter:
     """The library's Reporter, speaking to Tune: metrics and a checkpoint every epoch."""
+
+    persists_checkpoints = True  # Tune copies each reported checkpoint to its storage
 
     def __init__(self, watchdog: Watchdog) -> None:
         self.watchdog = watchdog
@@ -151,11 +154,11 @@ def find_trial_run(study: Mapping[str, Any], trial_id: str) -> str | None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(study["tracking_uri"])
-    experiment = client.get_experiment_by_name(study["experiment"])
-    if experiment is None:
+    found = experiment_id(client, study["tracking_uri"], study["experiment"])
+    if found is None:
         return None
     runs = client.search_runs(
-        [experiment.experiment_id],
+        [found],
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
         max_results=1,
     )
@@ -240,6 +243,8 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
 
 class TrainReporter:
     """Reporter for a Ray Train worker: every rank reports, rank 0 attaches the checkpoint."""
+
+    persists_checkpoints = True  # Ray Train copies each reported checkpoint to its storage
 
     def __init__(self, watchdog: Watchdog, rank: int) -> None:
         self.watchdog = watchdog

@@ -118,9 +118,10 @@ def test_damaged_cache_under_the_training_command_line(tmp_path, faults):
 
 @pytest.mark.slow
 def test_disk_full_while_writing_a_checkpoint(tmp_path, faults, small_volume, monkeypatch):
-    """300 MiB hold the first epoch's best.pt and last.pt (134 MB each: ResNet-18 and its AdamW
-    state); the second epoch's first write cannot fit. A clear error, and epoch 0's files intact."""
-    volume = small_volume("300m")
+    """200 MiB hold the first epoch's checkpoint (134 MB: ResNet-18 and its AdamW state; best.pt,
+    and last.pt linked to it); the second epoch's write cannot fit beside it. A clear error, and
+    epoch 0's files intact."""
+    volume = small_volume("200m")
     case = faults("disk full while writing a checkpoint" + (" (tmpfs)" if volume else " (ENOSPC injected)"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     if volume is not None:
@@ -128,7 +129,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, faults, small_volume, mo
         proc = subprocess.run([sys.executable, "-m", "adastft.train", *tiny(tmp_path, epochs=3), f"train.out_dir={out_dir}",
                                "train.threads=1"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
         code, stderr = proc.returncode, proc.stderr
-    else:  # no mount here: from the third checkpoint write on, every write fails with ENOSPC
+    else:  # no mount here: from the second checkpoint write on, every write fails with ENOSPC
         import adastft.checkpoint as checkpoint
         from adastft.checkpoint import CheckpointError
         from adastft.training import train
@@ -141,7 +142,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, faults, small_volume, mo
             sinks.append(self)
 
         def full_disk_write(self, data):
-            if len(sinks) > 2:
+            if len(sinks) > 1:
                 self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 raise self.error
             return real_write(self, data)

@@ -211,6 +211,7 @@ def test_kill_9_of_the_command_line_mid_checkpoint_then_resume(tmp_path, faults)
     done = subprocess.run([*args, f"train.epochs={epochs}"], cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming from" in done.stderr or ledger.last_epoch is None, done.stderr[-3000:]
+    # the log goes to stdout (Hydra's job logging): the resume must say so there
+    assert "resuming from" in done.stdout or ledger.last_epoch is None, done.stdout[-3000:] + done.stderr[-3000:]
     failures += _final_checks(out_dir, epochs)
     assert not failures, "\n".join(failures)
