@@ -47,7 +47,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, durable: bool = Tru
     state = _without_secrets(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.ckpt-{_host()}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     sink = _Sink(fd)
     try:
         with sink:
@@ -62,9 +62,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, durable: bool = Tru
             raise
         error = sink.error or (exc if isinstance(exc, OSError) else None)
         reason = os.strerror(error.errno) if error is not None and error.errno else _first_line(exc)
-        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
-        hint = f": free space in {path.parent}" if error is not None and error.errno == errno.ENOSPC else ""
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({reason}); {kept}{hint}") from exc
+        raise _write_error(path, reason, error.errno if error is not None else None) from exc
     if durable:
         _fsync_dir(path.parent)
     return path
@@ -80,7 +78,7 @@ def link_checkpoint(src: str | Path, path: str | Path, durable: bool = True) -> 
     """
     src, path = Path(src), Path(path)
     _remove_stale_temps(path.parent)
-    tmp = path.parent / f".{path.name}.ckpt-{_host()}-{os.getpid()}-link.tmp"
+    tmp = path.parent / f"{_temp_prefix(path)}link.tmp"
     try:
         tmp.unlink(missing_ok=True)
         try:
@@ -95,13 +93,22 @@ def link_checkpoint(src: str | Path, path: str | Path, durable: bool = True) -> 
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
-        hint = f": free space in {path.parent}" if err.errno == errno.ENOSPC else ""
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r} from {src.name} "
-                              f"({err.strerror or err}); {kept}{hint}") from err
+        raise _write_error(path, err.strerror or str(err), err.errno, f" from {src.name}") from err
     if durable:
         _fsync_dir(path.parent)
     return path
+
+
+def _temp_prefix(path: Path) -> str:
+    """How a writer's temporary file for ``path`` starts; :data:`_TEMP` reads its host and pid."""
+    return f".{path.name}.ckpt-{_host()}-{os.getpid()}-"
+
+
+def _write_error(path: Path, reason: str, code: int | None, source: str = "") -> CheckpointError:
+    """The one-line error of a failed write: the file, why, what is left, and the fix for ENOSPC."""
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+    hint = f": free space in {path.parent}" if code == errno.ENOSPC else ""
+    return CheckpointError(f"cannot write checkpoint {str(path)!r}{source} ({reason}); {kept}{hint}")
 
 
 def _fsync_dir(folder: Path) -> None:
