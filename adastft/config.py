@@ -171,6 +171,9 @@ class TrainConfig:
                 _positive(where, name, getattr(self, name))
 
 
+TENSOR_FORMATS = ("npy", "pt")
+
+
 @dataclass
 class TrackingConfig:
     enabled: bool = True
@@ -179,12 +182,19 @@ class TrackingConfig:
     run_name: str | None = None
     parent_run_id: str | None = None  # set by the search: trials are nested under the study's run
     run_id: str | None = None  # continue this run instead of starting one (the search's retries)
-    log_model: bool = True
+    # The best model is always logged once, as checkpoint/best_model.pt (what predict loads);
+    # log_model adds a second copy as an MLflow LoggedModel (pickled, for mlflow.pytorch users).
+    log_model: bool = False
+    tensor_formats: list[str] = field(default_factory=lambda: ["npy"])  # learned tensors: npy and/or pt
     tags: dict[str, str] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if not self.experiment:
             raise ConfigError(f"{where}.experiment must be a non-empty name")
+        formats = list(self.tensor_formats or [])
+        if not formats or any(f not in TENSOR_FORMATS for f in formats) or len(set(formats)) < len(formats):
+            raise ConfigError(f"{where}.tensor_formats must be a non-empty list of distinct formats from "
+                              f"{list(TENSOR_FORMATS)}, got {self.tensor_formats!r}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -482,13 +482,16 @@ class Tracker:
         finally:
             plt.close(fig)
 
-    def log_tensor(self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors") -> None:
-        """Write ``<artifact_dir>/<name>.pt`` (``torch.save``) and ``<name>.npy`` (bfloat16 as float32)."""
+    def log_tensor(self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors",
+                   formats: Sequence[str] = ("pt", "npy")) -> None:
+        """Write ``<artifact_dir>/<name>.pt`` (``torch.save``) and/or ``<name>.npy`` (bfloat16 as float32)."""
         tensor = tensor.detach().cpu()
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(tensor, Path(tmp) / f"{name}.pt")
-            array = tensor.float() if tensor.dtype == torch.bfloat16 else tensor
-            np.save(Path(tmp) / f"{name}.npy", array.numpy())
+            if "pt" in formats:
+                torch.save(tensor, Path(tmp) / f"{name}.pt")
+            if "npy" in formats:
+                array = tensor.float() if tensor.dtype == torch.bfloat16 else tensor
+                np.save(Path(tmp) / f"{name}.npy", array.numpy())
             self._artifact(f"tensor {name}", self._client.log_artifacts, tmp, artifact_dir)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
@@ -589,7 +592,8 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_dict(self, d: Mapping, artifact_file: str) -> None: ...
-    def log_tensor(self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors") -> None: ...
+    def log_tensor(self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors",
+                   formats: Sequence[str] = ("pt", "npy")) -> None: ...
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None: ...
     def log_model(self, model: torch.nn.Module, name: str = "best_model", step: int = 0) -> None: ...

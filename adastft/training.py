@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -261,7 +261,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     if augment is not None:
         augment = augment.to(device)
 
-    start_epoch, best_acc, history, run_id = 0, -1.0, [], cfg.tracking.run_id
+    start_epoch, best_acc, best_epoch, history, run_id = 0, -1.0, -1, [], cfg.tracking.run_id
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     durable = not getattr(reporter, "persists_checkpoints", False)
     if cfg.train.resume and last_path.exists():
@@ -271,6 +271,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_acc = state["epoch"] + 1, state["best_val_clip_accuracy"]
+        best_epoch = int(state.get("best_epoch", -1))  # -1: a checkpoint from before best_epoch was kept
         history, run_id = list(state["history"]), state.get("mlflow_run_id") or cfg.tracking.run_id
         log.info("resuming from %s at epoch %d", last_path, start_epoch)
 
@@ -332,15 +333,18 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                 "epoch_seconds": time.perf_counter() - started,
             }
             improved = val.clip_accuracy > best_acc
-            best_acc = max(best_acc, val.clip_accuracy)
-            metrics["best_val_clip_accuracy"] = best_acc
+            if improved:
+                best_acc, best_epoch = val.clip_accuracy, epoch
+            # best_epoch == epoch: this epoch's last.pt is also best.pt (a caller keeping only the
+            # latest and the best checkpoint, as the search does, needs no second copy)
+            metrics["best_val_clip_accuracy"], metrics["best_epoch"] = best_acc, float(best_epoch)
             history.append(metrics)
             if ctx.is_main:
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                    "best_val_clip_accuracy": best_acc, "history": history, "config": cfg.to_dict(),
+                    "best_val_clip_accuracy": best_acc, "best_epoch": best_epoch, "history": history, "config": cfg.to_dict(),
                     "classes": list(store.classes), "rng": _rng_state(), "mlflow_run_id": tracker.run_id,
                     "val_confusion": torch.from_numpy(val.confusion),
                 }
@@ -401,16 +405,17 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
     return float(total[0] / max(total[1], 1))
 
 
-def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool = True) -> None:
+def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequence[str], plots_too: bool = True) -> None:
     """Log each front end's window and kernel as ``tensors/[frontendI_]{window,kernel}_<which>``
-    and, with ``plots_too``, its window and kernel-change plots as ``plots/[frontendI_]*.png``."""
+    in ``formats`` (``npy``, ``pt``) and, with ``plots_too``, its window and kernel-change plots as
+    ``plots/[frontendI_]*.png``."""
     if isinstance(tracker, NullTracker):
         return
     fronts = model.frontends()
     for i, front in enumerate(fronts):
         prefix = f"frontend{i}_" if len(fronts) > 1 else ""
-        tracker.log_tensor(f"{prefix}window_{which}", front.window)
-        tracker.log_tensor(f"{prefix}kernel_{which}", front.kernel)
+        tracker.log_tensor(f"{prefix}window_{which}", front.window, formats=formats)
+        tracker.log_tensor(f"{prefix}kernel_{which}", front.kernel, formats=formats)
         if plots_too:
             tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window ({which})"),
                                f"plots/{prefix}window.png")
@@ -422,7 +427,7 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool
 def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> dict[str, float]:
     """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
     out_dir = Path(cfg.train.out_dir)
-    log_frontends(tracker, model, "last", plots_too=False)  # before the best weights replace them
+    log_frontends(tracker, model, "last", cfg.tracking.tensor_formats, plots_too=False)  # before the best weights replace them
     best_path = out_dir / "best.pt"
     ctx.barrier()
     best = load_checkpoint(best_path, map_location=device) if best_path.exists() else None
@@ -438,7 +443,7 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> d
                          "epoch": best["epoch"]}, out_dir / "best_model.pt", durable=durable)
     if isinstance(tracker, NullTracker):
         return results
-    log_frontends(tracker, model, "best")
+    log_frontends(tracker, model, "best", cfg.tracking.tensor_formats)
     if best is not None:
         tracker.log_figure(plots.plot_confusion(best["val_confusion"].numpy(), store.classes, "validation (best epoch)"),
                            "plots/confusion_val_best.png")

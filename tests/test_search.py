@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from adastft.checkpoint import load_checkpoint
 from adastft.config import Config
 from process_helpers import optuna_states, trial_pids, trial_work_root
 
@@ -113,13 +115,34 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
         if run.data.tags.get("pruned") == "true":
             assert run.info.status == "KILLED" and "tensors/window_last.npy" in files and "plots/window.png" in files
         elif run.info.status == "FINISHED":
-            assert {"tensors/window_best.pt", "tensors/kernel_last.npy", "plots/confusion_test.png"} <= files
+            assert {"tensors/window_best.npy", "tensors/kernel_last.npy", "plots/confusion_test.png",
+                    "checkpoint/best_model.pt"} <= files
+            assert not {f for f in files if f.endswith(".pt") and f.startswith("tensors/")}  # one format unless asked
         else:
             assert run.info.status == "FAILED"
     assert sum(r.info.status == "FAILED" for r in children) == 1
 
     # trials stopped by ASHA, failed or finished leave no working copy behind (Tune holds them)
     assert not trial_work_root(tmp_path / "runs/search/asha").exists()
+
+    # Storage: each epoch sent one full state (last.pt + its epoch.json); when the study ended
+    # only the best 3 trials (--keep-checkpoints default) kept a checkpoint, their best epoch's.
+    exp = tmp_path / "runs/search/asha"
+    folders = sorted(exp.glob("*/checkpoint_*"))
+    assert folders and len(folders) == len({f.parent for f in folders}) <= 3, folders
+    for trial_dir in exp.glob("*/result.json"):
+        sent = [json.loads(line)["checkpoint_bytes"] for line in trial_dir.read_text().splitlines()]
+        if not sent:  # the diverging trial never finished an epoch
+            continue
+        kept = list(trial_dir.parent.glob("checkpoint_*"))
+        full_state = (kept[0] / "last.pt").stat().st_size if kept else min(sent)  # SGD and AdamW states differ
+        assert max(sent) <= 1.05 * full_state, (trial_dir.parent.name, sent, full_state)
+    table = pd.read_parquet(exp / "summary" / "trials.parquet")
+    best = table[table["val_loss"].notna()].sort_values("val_loss").iloc[0]
+    meta = json.loads((Path(best["checkpoint"]) / "epoch.json").read_text())
+    assert meta["epoch"] == meta["best_epoch"]
+    assert load_checkpoint(Path(best["checkpoint"]) / "last.pt")["epoch"] == meta["epoch"]
+    assert table["node"].dropna().nunique() == 1  # a local Ray: every trial on this one node
 
     # the best configuration is a ready-to-run experiment file
     best = yaml.safe_load((tmp_path / "runs/search/asha/summary/best_experiment.yaml").read_text())
@@ -268,27 +291,43 @@ def test_watchdog_stops_a_process_that_makes_no_progress(tmp_path, beats):
 def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_path):
     """A trial killed between writing last.pt and reporting it leaves a file Tune never saw; the
     retry must resume from Tune's checkpoint, or its epoch count (and so PRUNED vs COMPLETE in
-    Optuna) would be off by one."""
+    Optuna) would be off by one. The best epoch's weights come from its own checkpoint folder in
+    storage, found by its epoch.json; a best epoch that is the latest is one file, linked."""
     from ray import tune
 
+    from tune.checkpoints import restore, trim
     from tune.optuna_search import epochs_done
-    from tune.trainable import _restore_checkpoint
 
     out = tmp_path / "trial"
     out.mkdir()
     (out / "last.pt").write_text("epoch 1, never reported")
     (out / "best.pt").write_text("epoch 1, never reported")
-    _restore_checkpoint(None, out)  # no report yet: start afresh
+    restore(None, out)  # no report yet: start afresh
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
 
-    reported = tmp_path / "reported"
-    reported.mkdir()
-    (reported / "last.pt").write_text("epoch 0")
-    (out / "last.pt").write_text("epoch 1, never reported")
-    (out / "best.pt").write_text("epoch 1, never reported")
-    _restore_checkpoint(tune.Checkpoint.from_directory(str(reported)), out)
-    assert (out / "last.pt").read_text() == "epoch 0"
-    assert not (out / "best.pt").exists()
+    # Tune's storage for one trial: epochs 0 (the best) and 2 (the latest) kept, 1 deleted by Tune
+    storage = tmp_path / "storage" / "trial_0"
+    for index, (epoch, best) in enumerate([(0, 0), (2, 0)]):
+        folder = storage / f"checkpoint_{index:06d}"
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_text(f"epoch {epoch}")
+        (folder / "epoch.json").write_text(json.dumps({"epoch": epoch, "best_epoch": best}))
+    (out / "last.pt").write_text("epoch 3, never reported")
+    (out / "best.pt").write_text("epoch 3, never reported")
+    restore(tune.Checkpoint.from_directory(str(storage / "checkpoint_000001")), out)
+    assert (out / "last.pt").read_text() == "epoch 2" and (out / "best.pt").read_text() == "epoch 0"
+
+    restore(tune.Checkpoint.from_directory(str(storage / "checkpoint_000000")), out)  # the best is the latest
+    assert (out / "last.pt").read_text() == "epoch 0" and (out / "best.pt").samefile(out / "last.pt")
+
+    # a finished trial keeps its best epoch's folder only; a stopped one none
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    assert trim(fs, str(storage), keep_best=True) == len("epoch 2") + len(json.dumps({"epoch": 2, "best_epoch": 0}))
+    assert sorted(p.name for p in storage.iterdir()) == ["checkpoint_000000"]
+    trim(fs, str(storage), keep_best=False)
+    assert not list(storage.iterdir())
 
     # the searcher counts epochs from the training function's own report when there is one
     assert epochs_done({"epoch": 3.0, "training_iteration": 3}) == 4

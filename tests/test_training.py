@@ -35,7 +35,8 @@ def small_config(tmp_path: Path, **sections) -> dict:
         "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32, "learn_window": True, "learn_kernel": True},
         "optim": {"lr": 1e-3},
         "train": {"epochs": 2, "out_dir": str(tmp_path / "run"), "threads": 2},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "unit", "log_model": True},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "unit", "log_model": True,
+                     "tensor_formats": ["npy", "pt"]},  # both copies, as asked; the default is npy alone
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)

@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 import os
-import tempfile
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -23,9 +23,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker, redact_text
 
+from tune.checkpoints import SCORE, CheckpointRetention, folder_bytes, keep_best_trials
 from tune.optuna_search import PrunedAwareOptunaSearch
-from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources, run_on_nodes
+from tune.settings import (ROOT, SearchError, check_cluster, cluster_resources, launcher_capacity, plan_resources,
+                           run_on_nodes)
 from tune.space import SchedulerSpec, SearchSpec
+from tune.study_dir import STATE_FILE, StudyDir
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
 
@@ -47,6 +50,23 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     )
 
 
+def _custom_resource_slots(wanted: dict[str, float], workers: int) -> int:
+    """How many trials the cluster's custom resources (``--trial-resource``) let run at once."""
+    if not wanted:
+        return 10**9
+    have = ray.cluster_resources()
+    slots = []
+    for name, amount in wanted.items():
+        fits = int(have.get(name, 0.0) / (amount * workers) + 1e-9)
+        if fits < 1 and launcher_capacity() is not None:  # an autoscaler may start such nodes later
+            continue
+        if fits < 1:
+            raise SearchError(f"--trial-resource {name}={amount:g}: the Ray cluster offers {have.get(name, 0.0):g} {name} "
+                              f"(start nodes with --resources '{{\"{name}\": N}}', or drop the flag)")
+        slots.append(fits)
+    return min(slots, default=10**9)
+
+
 def _scheduler(sched: SchedulerSpec, epochs: int):
     if sched.type == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(sched.grace_period, epochs),
@@ -57,7 +77,7 @@ def _scheduler(sched: SchedulerSpec, epochs: int):
     return FIFOScheduler()
 
 
-def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, exp_dir: Path | None, state: dict):
+def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, state: dict):
     if not base.tracking.enabled:
         return NullTracker()
     tracker = Tracker(base.tracking.uri, base.tracking.experiment, run_name=args.name,
@@ -68,6 +88,20 @@ def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, exp_
                                        "metric": spec.metric, "mode": spec.mode, "seed": spec.seed},
                             "base": base.to_dict()})
     return tracker
+
+
+class StudySync(tune.Callback):
+    """Uploads the study's small files (Optuna's database above all) to object storage whenever a
+    trial ends, so a driver lost mid-study loses at most the trials since the last one."""
+
+    def __init__(self, study_dir: StudyDir) -> None:
+        self.study_dir = study_dir
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.study_dir.push()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.study_dir.push()
 
 
 def _close_running_children(study: dict, why: str, known: set[str] | None = None) -> None:
@@ -98,26 +132,28 @@ def _close_running_children(study: dict, why: str, known: set[str] | None = None
 
 
 def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: SchedulerSpec, storage: str,
-              exp_dir: Path | None) -> int:
+              study_dir: StudyDir) -> int:
     started = time.time()
     _start_ray(args.address, args.verbose)
     try:
         check_cluster(storage, base.tracking.uri if base.tracking.enabled else None)
         cpus, gpus = cluster_resources(args)
         plan = plan_resources(args, cpus, gpus)
+        plan["concurrent"] = min(plan["concurrent"], _custom_resource_slots(args.trial_resources, plan["workers"]))
         device = "cuda" if plan["gpus"] > 0 else "cpu"
         threads = max(1, int(plan["cpus"]))
         base = base.merged({"train.device": device, "train.threads": base.train.threads or threads})
 
-        exp_dir_path = exp_dir or Path(tempfile.mkdtemp(prefix=f"adastft-{args.name}-"))
-        exp_dir_path.mkdir(parents=True, exist_ok=True)
-        state_file = exp_dir_path / "adastft_study.json"
+        study_dir.pull()  # object storage: the study's small files, kept in storage between runs
+        exp_dir_path = study_dir.path
+        state_file = exp_dir_path / STATE_FILE
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        parent = _parent_run(args, base, spec, sched, exp_dir, state)
+        parent = _parent_run(args, base, spec, sched, state)
         state["parent_run_id"] = parent.run_id
         # the trials' working folders on each node: a study of its own, whatever its name
         state.setdefault("work_key", f"{args.name}-{uuid.uuid4().hex[:8]}")
         state_file.write_text(json.dumps(state))
+        study_dir.push()
 
         optuna_url = args.optuna_storage or f"sqlite:///{exp_dir_path / 'optuna.db'}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -126,7 +162,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             "tracking_uri": base.tracking.uri, "notes_dir": str(exp_dir_path / "notes"),
             "stall_timeout_s": args.stall_timeout, "storage_path": storage, "workers": plan["workers"],
             "cpus_per_worker": plan["cpus"], "gpus_per_worker": plan["gpus"], "max_failures": args.max_failures,
-            "work_key": state["work_key"],
+            "work_key": state["work_key"], "custom_resources": args.trial_resources,
         }
         print(f"study {args.name!r}: {args.trials} trials, {plan['concurrent']} at a time, "
               f"{plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} worker(s) per trial, "
@@ -140,13 +176,22 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             known = {t.trial_id for t in tune.ExperimentAnalysis(exp_path).trials} if restoring else set()
             _close_running_children(study_info, "interrupted", known)
         fn = run_trial if plan["workers"] == 1 else run_ddp_trial
-        resources = {"cpu": plan["cpus"], "gpu": plan["gpus"]} if plan["workers"] == 1 else {"cpu": 0.01}
+        resources = ({"cpu": plan["cpus"], "gpu": plan["gpus"], **args.trial_resources} if plan["workers"] == 1
+                     else {"cpu": 0.01})  # a DDP trial's workers ask for the resources themselves
         trainable = tune.with_resources(tune.with_parameters(fn, base=base.to_dict(), study=study_info), resources)
+        callbacks = [TrialRunCallback(study_info, base.train.epochs)] if base.tracking.enabled else []
+        if args.keep_checkpoints is not None:  # after the MLflow callback: it reads a stopped trial's last checkpoint
+            callbacks.append(CheckpointRetention(storage, base.train.epochs))
+        if study_dir.remote:
+            callbacks.append(StudySync(study_dir))
         run_config = tune.RunConfig(
             name=args.name, storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialRunCallback(study_info, base.train.epochs)] if base.tracking.enabled else [],
+            # One full state per epoch (see tune/checkpoints.py); Tune keeps the best epoch's and
+            # the latest, and the latest is what a retry resumes from.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
+                                                    checkpoint_score_order="max"),
+            callbacks=callbacks,
         )
         if restoring:
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
@@ -173,7 +218,11 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         finally:
             _remove_work_dirs(state["work_key"], local=args.address is None)
         _close_running_children(study_info, "ended with the study")
-        return _summarise(args, base, spec, results, optuna_url, exp_dir_path, parent, started)
+        code = _summarise(args, base, spec, results, optuna_url, study_dir, parent, started, storage)
+        study_dir.push()
+        if study_dir.remote:  # all of it is in storage now; --resume brings it back
+            shutil.rmtree(study_dir.path, ignore_errors=True)
+        return code
     finally:
         ray.shutdown()
 
@@ -208,13 +257,32 @@ def _remove_work_dirs(work_key: str, local: bool) -> None:
         log.warning("could not remove the trials' working folders on node %s: %s", node, why)
 
 
-def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, exp_dir: Path, parent, started) -> int:
+def _retention_line(keep: int | None, table, storage: str) -> str:
+    kept = table["checkpoint"].dropna()
+    import pyarrow.fs as pafs
+
+    total = 0
+    for path in kept:
+        fs, inner = pafs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+        total += folder_bytes(fs, inner)
+    rule = "all trials' checkpoints kept" if keep is None else f"checkpoints of the best {keep} trial(s) kept"
+    return f"{rule}: {len(kept)} checkpoint(s), {total / 1e6:.0f} MB in {storage}"
+
+
+def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, study_dir: StudyDir, parent,
+               started, storage: str) -> int:
     study = optuna.load_study(study_name=args.name, storage=optuna_url)
     tracking = {"tracking_uri": base.tracking.uri, "experiment": base.tracking.experiment,
                 "parent_run_id": parent.run_id} if parent.run_id else None
     table = trial_table(results, study, tracking)
     states = table["optuna_state"].value_counts().to_dict() if len(table) else {}
     finished = table[table[spec.metric].notna()] if spec.metric in table else table.iloc[0:0]
+    if len(table):
+        ranked = finished.sort_values(spec.metric, ascending=spec.mode == "min")["trial_id"].tolist()
+        kept = keep_best_trials(results, ranked, args.keep_checkpoints, storage)
+        table["checkpoint"] = table["trial_id"].map(kept)
+        finished = table[table[spec.metric].notna()] if spec.metric in table else table.iloc[0:0]
+        print(_retention_line(args.keep_checkpoints, table, storage), flush=True)
     best_yaml = None
     if len(finished):
         best_row = finished.sort_values(spec.metric, ascending=spec.mode == "min").iloc[0]
@@ -222,7 +290,7 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, e
                   for k, v in best_row.items() if k.startswith("param.")}
         best_cfg = base.merged(params)
         best_yaml = best_experiment_yaml(best_cfg, args.name, best_row["trial_id"], spec.metric, best_row[spec.metric])
-    log_study(parent, table, best_yaml, study, exp_dir / "summary")
+    log_study(parent, table, best_yaml, study, study_dir.path / "summary")
     if len(finished):
         parent.log_metrics({f"best_{spec.metric}": float(best_row[spec.metric])}, step=0)
     parent.end("FINISHED")
@@ -238,5 +306,5 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, e
     print(f"  checkpoint: {best_row['checkpoint']}")
     if best_row.get("mlflow_run_id"):
         print(f"  MLflow run: {best_row['mlflow_run_id']} (parent {parent.run_id}, {redact_text(base.tracking.uri)})")
-    print(f"  as an experiment: {exp_dir / 'summary' / 'best_experiment.yaml'}")
+    print(f"  as an experiment: {study_dir.location('summary/best_experiment.yaml')}")
     return 0

@@ -34,7 +34,8 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from adastft.config import ConfigError  # noqa: E402
 from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
-from tune.settings import REMOTE_SCHEMES, SearchError, absolutise, compose, plan_resources, storage_root  # noqa: E402
+from tune.settings import SearchError, absolutise, compose, plan_resources, storage_root  # noqa: E402
+from tune.study_dir import StudyDir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -62,6 +63,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint (default 2)")
     p.add_argument("--stall-timeout", type=float, default=900.0,
                    help="seconds without a finished training step before a trial is stopped (default 900; 0 = never)")
+    p.add_argument("--keep-checkpoints", default="3", metavar="K",
+                   help="when the study ends, keep the checkpoints of the best K trials only, or 'all' (default 3); "
+                        "trials stopped early give theirs up when they stop")
+    p.add_argument("--trial-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each trial (each DDP worker) also needs, e.g. spot=1 to run trials only on "
+                        "nodes started with --resources '{\"spot\": 4}'; repeatable")
     p.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default sqlite:///<storage>/<name>/optuna.db)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
     args, overrides = p.parse_known_args(argv)
@@ -80,6 +87,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"--stall-timeout must be >= 0, got {args.stall_timeout}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         p.error(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.keep_checkpoints == "all":
+        args.keep_checkpoints = None
+    elif args.keep_checkpoints.isdigit():
+        args.keep_checkpoints = int(args.keep_checkpoints)
+    else:
+        p.error(f"--keep-checkpoints takes a number of trials >= 0 or 'all', got {args.keep_checkpoints!r}")
+    args.trial_resources = {}
+    for item in args.trial_resource:
+        name, _, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not name or name in ("CPU", "GPU", "cpu", "gpu") or not value > 0:
+            p.error(f"--trial-resource {item!r}: give NAME=AMOUNT with a custom resource name and an amount > 0 "
+                    "(CPUs and GPUs have their own flags)")
+        args.trial_resources[name] = value
     return args, overrides
 
 
@@ -91,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         base, spec, sched = compose(overrides, args.search, args.scheduler)
         base = absolutise(base, cwd)
         storage = storage_root(args.storage, cwd)
-        exp_dir_local = None if storage.startswith(REMOTE_SCHEMES) else Path(storage) / args.name
-        if exp_dir_local is not None and exp_dir_local.exists() and not args.resume:
+        study_dir = StudyDir(storage, args.name)
+        try:
+            exists = study_dir.exists()
+        except OSError as exc:
+            raise SearchError(f"--storage {storage}: cannot reach it ({str(exc).strip().splitlines()[0]})") from None
+        if exists and not args.resume:
             raise SearchError(f"study {args.name!r} already exists in {storage}: add --resume to continue it, "
                               "or pick another --name")
-        if args.resume and exp_dir_local is not None and not exp_dir_local.exists():
+        if args.resume and not exists:
             raise SearchError(f"--resume: no study {args.name!r} in {storage} to continue")
         if base.tracking.enabled:
             check_tracking_uri(base.tracking.uri)
@@ -115,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from tune.run import run_study  # imports Ray: only after the checks
 
     try:
-        return run_study(args, base, spec, sched, storage, exp_dir_local)
+        return run_study(args, base, spec, sched, storage, study_dir)
     except SearchError as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2

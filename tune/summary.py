@@ -85,7 +85,7 @@ def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
     cfg = Config.from_dict(state["config"])
     model = build_model(cfg, len(state["classes"]))
     model.load_state_dict(state["model"])
-    log_frontends(tracker, model, "last")
+    log_frontends(tracker, model, "last", cfg.tracking.tensor_formats)
     tracker.log_figure(plots.plot_confusion(state["val_confusion"].numpy(), state["classes"], "validation (last epoch)"),
                        "plots/confusion_val_last.png")
     tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")
@@ -105,7 +105,8 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
         row = {"trial_id": trial_id, "path": result.path,
                "checkpoint": result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path"),
                "error": error_reason(str(result.error)) if result.error else None,
-               "epochs": metrics.get("training_iteration")}
+               "epochs": metrics.get("training_iteration"),
+               "node": metrics.get("node_ip")}  # where the trial's last epoch ran (Tune fills it in)
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
                     "train_loss", "test_clip_accuracy", "window_change", "kernel_change"):

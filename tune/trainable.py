@@ -23,10 +23,10 @@ from adastft.checkpoint import load_checkpoint, pid_alive
 from adastft.config import Config
 from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
+from tune import checkpoints
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("last.pt", "best.pt")
 TRIAL_TAG = "tune_trial_id"
 
 
@@ -82,7 +82,7 @@ class Watchdog:
 
 
 class TuneReporter:
-    """The library's Reporter, speaking to Tune: metrics and a checkpoint every epoch."""
+    """The library's Reporter, speaking to Tune: metrics and one checkpoint folder every epoch."""
 
     persists_checkpoints = True  # Tune copies each reported checkpoint to its storage
 
@@ -92,8 +92,8 @@ class TuneReporter:
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
         self.watchdog.beat()
         with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
-            _link_checkpoints(checkpoint_dir, Path(tmp))
-            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(_with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
         self.watchdog.beat()
 
     def should_stop(self) -> bool:
@@ -103,32 +103,9 @@ class TuneReporter:
         self.watchdog.beat()
 
 
-def _link_checkpoints(src: Path | None, dst: Path) -> None:
-    """Hard-link (or copy) the checkpoint files of ``src`` into ``dst``."""
-    if src is None:
-        return
-    for name in CHECKPOINT_FILES:
-        if (src / name).is_file():
-            try:
-                os.link(src / name, dst / name)
-            except OSError:
-                shutil.copy2(src / name, dst / name)
-
-
-def _restore_checkpoint(restored, out_dir: Path) -> None:
-    """Make ``out_dir`` hold the checkpoint files of a Tune or Train checkpoint, and only those.
-
-    Tune's checkpoint is the truth: files an earlier attempt wrote after its last report (it was
-    killed in between) are dropped, or the retry would train from an epoch Tune never saw.
-    """
-    for name in CHECKPOINT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    if restored is None:
-        return
-    with restored.as_directory() as ck:
-        for name in CHECKPOINT_FILES:
-            if (Path(ck) / name).is_file():
-                shutil.copy2(Path(ck) / name, out_dir / name)
+def _with_checkpoint_metrics(metrics: Mapping[str, float], staged_bytes: int) -> dict[str, float]:
+    """The epoch's metrics plus how Tune ranks its checkpoint and the bytes handed to storage."""
+    return {**metrics, checkpoints.SCORE: checkpoints.checkpoint_score(metrics), "checkpoint_bytes": float(staged_bytes)}
 
 
 def trial_config(params: Mapping[str, Any], base: Mapping[str, Any], study: Mapping[str, Any], trial_id: str,
@@ -216,7 +193,7 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
         raise NonFiniteLoss(marker.read_text().strip())
     out_dir = claim_work_dir(study, trial_id)
     try:
-        _restore_checkpoint(tune.get_checkpoint(), out_dir)
+        checkpoints.restore(tune.get_checkpoint(), out_dir)
         cfg = trial_config(params, base, study, trial_id, out_dir)
         last = out_dir / "last.pt"
         if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs - 1:
@@ -256,10 +233,11 @@ class TrainReporter:
         self.watchdog.beat()
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
-                _link_checkpoints(checkpoint_dir, Path(tmp))
-                ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                staged = checkpoints.stage(checkpoint_dir, Path(tmp), metrics)
+                ray.train.report(_with_checkpoint_metrics(metrics, staged),
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
-            ray.train.report(dict(metrics))
+            ray.train.report(_with_checkpoint_metrics(metrics, 0))
         self.watchdog.beat()
 
     def should_stop(self) -> bool:
@@ -276,7 +254,7 @@ def _ddp_worker(loop_config: dict) -> None:
     rank = ctx.get_world_rank()
     study, trial_id = loop_config["study"], loop_config["trial_id"]
     out_dir = claim_work_dir(study, f"{trial_id}-rank{rank}")
-    _restore_checkpoint(ray.train.get_checkpoint(), out_dir)
+    checkpoints.restore(ray.train.get_checkpoint(), out_dir)
     cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
     beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None
     watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]), beat_file)
@@ -297,7 +275,7 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
     cfg = trial_config(params, base, study, trial_id, Path(tempfile.gettempdir()))
     use_gpu = study["gpus_per_worker"] > 0
     # The trial's own process (this driver) holds 0.01 CPU; the workers leave room for it.
-    resources = {"CPU": study["cpus_per_worker"] * 0.99}
+    resources = {"CPU": study["cpus_per_worker"] * 0.99, **study.get("custom_resources", {})}
     if use_gpu:
         resources["GPU"] = study["gpus_per_worker"]
     trainer = TorchTrainer(
@@ -307,9 +285,12 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=f"ddp-{trial_id}",  # the same name on a retry: Ray Train restores its own checkpoint
-            storage_path=study["storage_path"],
+            storage_path=f"{study['storage_path']}/{study['name']}",  # inside the study's folder
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
+            # as for one-process trials: the best epoch's checkpoint and the latest
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=checkpoints.SCORE,
+                                                         checkpoint_score_order="max"),
         ),
     )
     watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]),

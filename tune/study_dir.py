@@ -1,0 +1,103 @@
+"""The study's own small files: its state (``adastft_study.json``: MLflow parent run, working-folder
+key), the Optuna database (``optuna.db``), the trials' notes and the summary.
+
+With a local ``--storage`` they live in the study's folder, ``<storage>/<name>``, beside Tune's
+experiment. With object storage (``s3://...``) SQLite cannot work in place, so the driver works on
+a local copy (``<temp>/adastft-studies/<name>-<hash of the storage URI>``) and uploads it to
+``<storage>/<name>/study/`` when the study starts, after every trial that ends, and at the end;
+``--resume`` on any machine downloads it first. The upload of ``optuna.db`` is a consistent
+snapshot (SQLite's backup API), never a file caught mid-write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from tune.settings import REMOTE_SCHEMES
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "adastft_study.json"
+OPTUNA_FILE = "optuna.db"
+REMOTE_FOLDER = "study"
+
+
+def is_remote(storage: str) -> bool:
+    return storage.startswith(REMOTE_SCHEMES)
+
+
+class StudyDir:
+    """Where the study's small files are, and their copy in object storage."""
+
+    def __init__(self, storage: str, name: str) -> None:
+        self.storage, self.name = storage, name
+        self.remote = is_remote(storage)
+        if self.remote:
+            key = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:8]
+            self.path = Path(tempfile.gettempdir()) / "adastft-studies" / f"{name}-{key}"
+            self._fs, root = pafs.FileSystem.from_uri(f"{storage}/{name}")
+            self._remote = posixpath.join(root, REMOTE_FOLDER)
+            self._study_root = root
+        else:
+            self.path = Path(storage) / name
+
+    def location(self, relative: str) -> str:
+        """Where a user finds one of the study's files once the driver is done."""
+        return f"{self.storage}/{self.name}/{REMOTE_FOLDER}/{relative}" if self.remote else str(self.path / relative)
+
+    def exists(self) -> bool:
+        """Whether a study of this name is already in the storage."""
+        if not self.remote:
+            return self.path.exists()
+        info = self._fs.get_file_info(self._study_root)
+        return info.type != pafs.FileType.NotFound
+
+    def pull(self) -> None:
+        """Bring the stored copy down (object storage only; a local study is already here)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.remote or self._fs.get_file_info(self._remote).type == pafs.FileType.NotFound:
+            return
+        pafs.copy_files(self._remote, str(self.path), source_filesystem=self._fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+
+    def push(self) -> None:
+        """Upload the study's files (object storage only). Never raises: a failed upload is
+        logged and retried at the next push."""
+        if not self.remote:
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="adastft-study-") as tmp:
+                staged = Path(tmp) / "study"
+                staged.mkdir()
+                for item in self.path.iterdir():
+                    if item.name == OPTUNA_FILE:
+                        _sqlite_snapshot(item, staged / OPTUNA_FILE)
+                    elif item.is_file():
+                        (staged / item.name).write_bytes(item.read_bytes())
+                    elif item.is_dir():
+                        pafs.copy_files(str(item), str(staged / item.name))
+                self._fs.create_dir(self._remote)
+                pafs.copy_files(str(staged), self._remote, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self._fs)
+        except Exception as exc:  # noqa: BLE001 - storage may be away for a while; the next push retries
+            log.warning("could not upload the study's files to %s/%s/%s: %s", self.storage, self.name, REMOTE_FOLDER, exc)
+
+
+def _sqlite_snapshot(src: Path, dst: Path) -> None:
+    """A consistent copy of a live SQLite database (the driver may be writing to it)."""
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(dst)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
