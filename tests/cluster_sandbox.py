@@ -72,6 +72,15 @@ def run_with_mounts(argv: list[str], *, binds: dict[str, str], env: dict[str, st
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def start_with_mounts(argv: list[str], *, binds: dict[str, str], env: dict[str, str] | None = None,
+                      cwd: Path | None = None, log: Path) -> subprocess.Popen:
+    """Like :func:`run_with_mounts`, but in the background, in a session of its own (so that
+    ``os.killpg`` reaches it and what it started), its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(_unshare(argv, binds, pid=False), env=env, cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 class Sandboxed:
     """A command in its own PID + mount namespace; ``binds`` maps host files/folders onto paths
     inside it (bind mounts). ``stop()`` ends the command and everything it started."""

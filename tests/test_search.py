@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,13 +321,17 @@ def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_
     restore(tune.Checkpoint.from_directory(str(storage / "checkpoint_000000")), out)  # the best is the latest
     assert (out / "last.pt").read_text() == "epoch 0" and (out / "best.pt").samefile(out / "last.pt")
 
-    # a finished trial keeps its best epoch's folder only; a stopped one none
+    # a trial keeps its latest folder (stopped, mid-study), its best (kept at the end) or none
     import pyarrow.fs as pafs
 
     fs = pafs.LocalFileSystem()
-    assert trim(fs, str(storage), keep_best=True) == len("epoch 2") + len(json.dumps({"epoch": 2, "best_epoch": 0}))
+    twin = tmp_path / "storage" / "trial_1"
+    shutil.copytree(storage, twin)
+    assert trim(fs, str(twin), keep="latest") == len("epoch 0") + len(json.dumps({"epoch": 0, "best_epoch": 0}))
+    assert sorted(p.name for p in twin.iterdir()) == ["checkpoint_000001"]
+    assert trim(fs, str(storage), keep="best") == len("epoch 2") + len(json.dumps({"epoch": 2, "best_epoch": 0}))
     assert sorted(p.name for p in storage.iterdir()) == ["checkpoint_000000"]
-    trim(fs, str(storage), keep_best=False)
+    trim(fs, str(storage), keep="none")
     assert not list(storage.iterdir())
 
     # the searcher counts epochs from the training function's own report when there is one

@@ -8,9 +8,9 @@ is its own best, so the best weights are never uploaded a second time: Tune's ``
 retry restores the latest, and fetches the best (``best.pt``, for the test split at the end) from
 its sibling folder in storage, found by ``epoch.json``.
 
-When a trial ends, the driver trims what it left (:class:`CheckpointRetention`): a trial the
-scheduler stopped gives up every checkpoint; a finished one keeps only its best. When the study
-ends, only the best ``K`` trials keep theirs (:func:`keep_best_trials`).
+A trial the scheduler stopped gives up all but its latest checkpoint when it stops
+(:class:`CheckpointRetention`); when the study ends, the best ``K`` finished trials keep their best
+epoch's checkpoint and everything else goes (:func:`keep_best_trials`).
 
 Storage is whatever Ray's storage is (a local folder, ``s3://``...), reached through the pyarrow
 filesystem of the checkpoints Ray hands out (``Checkpoint.filesystem``, ``Checkpoint.path``).
@@ -140,14 +140,18 @@ def folder_bytes(fs: pafs.FileSystem, root: str) -> int:
     return sum(info.size or 0 for info in _list(fs, root, recursive=True) if info.type == pafs.FileType.File)
 
 
-def trim(fs: pafs.FileSystem, root: str, keep_best: bool) -> int:
-    """Delete a trial's checkpoint folders under ``root``: all of them, or all but the best
-    epoch's (the latest folder says which). Returns the bytes freed."""
+def trim(fs: pafs.FileSystem, root: str, keep: str) -> int:
+    """Delete a trial's checkpoint folders under ``root`` but the one ``keep`` names: ``"best"``
+    (the best epoch's, as the latest folder says), ``"latest"`` or ``"none"``. Returns the bytes freed."""
     checkpoints = trial_checkpoints(fs, root)
-    best = checkpoints[-1][1]["best_epoch"] if checkpoints and keep_best else None
+    spared = None
+    if checkpoints and keep == "best":
+        spared = checkpoints[-1][1]["best_epoch"]
+    elif checkpoints and keep == "latest":
+        spared = checkpoints[-1][1]["epoch"]
     freed = 0
     for path, meta in checkpoints:
-        if meta["epoch"] == best:
+        if meta["epoch"] == spared:
             continue
         freed += folder_bytes(fs, path)
         try:
@@ -179,29 +183,34 @@ def checkpoint_root(checkpoint, metrics: Mapping[str, Any] | None, storage: str)
 
 
 class CheckpointRetention(tune.Callback):
-    """Trims a trial's checkpoints in storage when it ends: a trial stopped by the scheduler gives
-    up all of them, a finished one keeps its best epoch's. Registered after the MLflow callback,
-    which logs a stopped trial's tensors from its last checkpoint first."""
+    """Trims the checkpoints of a trial the scheduler stopped, when it stops, to its latest.
+
+    The latest stays until the study ends, for finished trials too: a driver killed before its
+    next snapshot of the experiment leaves the trial unfinished there, and ``--resume`` restores
+    it from that latest checkpoint (Tune refuses, and fails the trial, if it is gone; a finished
+    trial restored so ends at once). :func:`keep_best_trials` removes the rest when the study ends.
+    Registered after the MLflow callback, which logs a stopped trial's tensors from that checkpoint.
+    """
 
     def __init__(self, storage: str, max_epochs: int) -> None:
         self.storage = storage
         self.max_epochs = max_epochs
-        self.freed = 0
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        if (epochs_done(trial.last_result) or 0) >= self.max_epochs:
+            return
         where = checkpoint_root(trial.checkpoint, trial.last_result, self.storage)
         if where is None:
             return
-        stopped = (epochs_done(trial.last_result) or 0) < self.max_epochs
         try:
-            self.freed += trim(*where, keep_best=not stopped)
+            trim(*where, keep="latest")
         except Exception as exc:  # bookkeeping must never stop the study
             log.warning("could not trim the checkpoints of trial %s: %s", trial.trial_id, exc)
 
 
 def keep_best_trials(results: Iterable, ranked_ids: list[str], keep: int | None, storage: str) -> dict[str, str | None]:
-    """At the end of a study: delete the checkpoints of every trial but the best ``keep`` of
-    ``ranked_ids`` (best first; ``None`` keeps all). Returns ``{trial_id: its best checkpoint
+    """At the end of a study: keep the best epoch's checkpoint of the best ``keep`` trials of
+    ``ranked_ids`` (best first) and delete every other one (``None``: delete nothing). Returns ``{trial_id: its best checkpoint
     folder, or None}`` for the table, as ``<storage scheme>`` paths Ray would print."""
     kept = set(ranked_ids if keep is None else ranked_ids[:keep])
     out: dict[str, str | None] = {}
@@ -211,8 +220,8 @@ def keep_best_trials(results: Iterable, ranked_ids: list[str], keep: int | None,
         if where is None:
             out[trial_id] = None
             continue
-        if trial_id not in kept:
-            trim(*where, keep_best=False)
+        if keep is not None:
+            trim(*where, keep="best" if trial_id in kept else "none")
         best = best_checkpoint(*where)
         out[trial_id] = _uri(where[0], best) if best else None
     return out

@@ -278,7 +278,8 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, s
     states = table["optuna_state"].value_counts().to_dict() if len(table) else {}
     finished = table[table[spec.metric].notna()] if spec.metric in table else table.iloc[0:0]
     if len(table):
-        ranked = finished.sort_values(spec.metric, ascending=spec.mode == "min")["trial_id"].tolist()
+        complete = finished[finished["optuna_state"] == "COMPLETE"]  # stopped trials keep nothing
+        ranked = complete.sort_values(spec.metric, ascending=spec.mode == "min")["trial_id"].tolist()
         kept = keep_best_trials(results, ranked, args.keep_checkpoints, storage)
         table["checkpoint"] = table["trial_id"].map(kept)
         finished = table[table[spec.metric].notna()] if spec.metric in table else table.iloc[0:0]

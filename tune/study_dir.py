@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -60,7 +61,12 @@ class StudyDir:
         return info.type != pafs.FileType.NotFound
 
     def pull(self) -> None:
-        """Bring the stored copy down (object storage only; a local study is already here)."""
+        """Bring the stored copy down (object storage only; a local study is already here).
+
+        A working copy already on this machine (its driver died before the study ended) is at
+        least as new as the uploaded one, and is used as it is."""
+        if self.remote and (self.path / STATE_FILE).is_file():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.remote or self._fs.get_file_info(self._remote).type == pafs.FileType.NotFound:
             return
@@ -82,7 +88,7 @@ class StudyDir:
                     elif item.is_file():
                         (staged / item.name).write_bytes(item.read_bytes())
                     elif item.is_dir():
-                        pafs.copy_files(str(item), str(staged / item.name))
+                        shutil.copytree(item, staged / item.name)
                 self._fs.create_dir(self._remote)
                 pafs.copy_files(str(staged), self._remote, source_filesystem=pafs.LocalFileSystem(),
                                 destination_filesystem=self._fs)
