@@ -17,6 +17,8 @@ the same way.
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (``kill``, systemd, a scheduler) raised in the main thread like Ctrl-C's
+    KeyboardInterrupt, so that training ends its MLflow run as KILLED and removes a half-written
+    checkpoint's temporary file instead of dying mid-write."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def interrupted_line(argv: list[str], signum: int) -> str:
+    """The one line of a run stopped by ``signum``: the command that resumes it from ``last.pt``."""
+    again = [a for a in argv if not a.startswith(("train.resume=", "+train.resume=", "++train.resume="))]
+    return (f"adastft.train: interrupted ({signal.Signals(signum).name}): stopped between checkpoints, last.pt "
+            f"and best.pt are whole; resume with: {shlex.join(['python', '-m', 'adastft.train', *again])}")
+
+
 def main() -> None:
     import hydra
 
@@ -166,7 +189,13 @@ def main() -> None:
         log.info("done: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("test_", "best_"))))
         return metrics.get("best_val_clip_accuracy", 0.0)
 
-    _run()
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        _run()
+    except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT) or SIGTERM: one line, 130 or 143
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(interrupted_line(sys.argv[1:], signum), file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

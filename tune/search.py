@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -112,13 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SearchError, TrackingUnavailable) as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2
+    from tune.interrupt import report_interrupted, resume_command
     from tune.run import run_study  # imports Ray: only after the checks
 
+    args.resume_command = resume_command(sys.argv[0], sys.argv[1:] if argv is None else argv)
     try:
         return run_study(args, base, spec, sched, storage, exp_dir_local)
     except SearchError as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM (tune/interrupt.py), or one before Ray started
+        signum = getattr(exc, "signum", signal.SIGINT)
+        report_interrupted(args.name, signal.Signals(signum).name, args.resume_command)
+        return 128 + signum
 
 
 if __name__ == "__main__":
