@@ -173,6 +173,27 @@ def _check_writable_dir(folder: Path, uri: str) -> None:
             f"({err.strerror or err}): fix its permissions or set tracking.uri") from None
 
 
+def sqlite_damage(path: Path) -> str | None:
+    """Why the SQLite database ``path`` cannot be used (SQLite's own words), or ``None`` when it
+    opens and passes ``PRAGMA quick_check`` (or does not exist yet, or is empty: SQLite makes an
+    empty file a new database). Opened read-only: a damaged file is left exactly as it is."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+            (verdict,) = con.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.Error as err:
+        return str(err)
+    return None if verdict == "ok" else str(verdict)
+
+
+def damaged_store_fix(path: Path) -> str:
+    return (f"move it aside (mv {path} {path}.damaged) and restore it from a backup, "
+            "or point the command at another file")
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training, when the tracking store cannot take a run.
 
@@ -202,6 +223,10 @@ def _check_tracking_uri(uri: str, timeout: float) -> None:
         if path.exists() and not os.access(path, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri} is not usable: {path} is read-only: "
                                       "fix its permissions or set tracking.uri")
+        damage = sqlite_damage(path)
+        if damage:
+            raise TrackingUnavailable(f"MLflow store {path} is damaged ({damage}): {damaged_store_fix(path)} "
+                                      "(tracking.uri)")
     else:
         _check_writable_dir(path, uri)
 

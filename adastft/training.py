@@ -60,6 +60,12 @@ class NullReporter:
         pass
 
 
+# What train() reports every epoch, besides "epoch": a search's metric must be one of these
+# (tests/reliability/test_search_checks.py compares them with a real run's reports).
+EPOCH_METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
+                 "kernel_change", "epoch_seconds", "best_val_clip_accuracy")
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the run is marked FAILED."""
 
