@@ -173,6 +173,29 @@ def _check_writable_dir(folder: Path, uri: str) -> None:
             f"({err.strerror or err}): fix its permissions or set tracking.uri") from None
 
 
+def open_client(uri: str) -> MlflowClient:
+    """``MlflowClient(uri)``, whose SQLite store, when new, is created by one process at a time.
+
+    MLflow 3.17's ``SqlAlchemyStore`` creates a missing schema without a lock (its
+    ``_safe_initialize_tables`` is not used there): two processes opening the same new
+    ``mlflow.db`` at once both create the tables, and one fails ("duplicate column name: step").
+    The first use of the store here (creating the schema if missing) is serialised with an
+    ``flock`` on ``<db>.lock`` beside it; once the tables exist, MLflow creates none.
+    (tests/reliability/test_stores.py opens one new store from two processes at once.)
+    """
+    path = _local_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None:
+        return MlflowClient(uri)
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # opens the store: the schema is made here
+        return client
+
+
 def sqlite_damage(path: Path) -> str | None:
     """Why the SQLite database ``path`` cannot be used (SQLite's own words), or ``None`` when it
     opens and passes ``PRAGMA quick_check`` (or does not exist yet, or is empty: SQLite makes an
@@ -331,7 +354,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.request_timeout = float(request_timeout)
         self.retry_interval = float(retry_interval)
-        self._client = MlflowClient(tracking_uri)
+        self._client = open_client(tracking_uri)
         store = self._client._tracking_client.store
         self._rest_creds = store.get_host_creds if isinstance(store, RestStore) else None
         self._secrets = environment_secrets()
