@@ -68,6 +68,9 @@ def absolutise(cfg: Config, cwd: Path) -> Config:
     changes: dict[str, Any] = {"data.cache_dir": str((cwd / cfg.data.cache_dir).resolve())}
     if cfg.data.root:
         changes["data.root"] = str((cwd / Path(cfg.data.root).expanduser()).resolve())
+    if cfg.data.split_files:  # list files (not lists of names)
+        changes["data.split_files"] = {split: str((cwd / Path(v).expanduser()).resolve()) if isinstance(v, str) else v
+                                       for split, v in cfg.data.split_files.items()}
     if cfg.model.pretrained_path:
         changes["model.pretrained_path"] = str((cwd / cfg.model.pretrained_path).resolve())
     if cfg.tracking.enabled:

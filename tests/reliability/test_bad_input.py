@@ -1,7 +1,7 @@
 """Bad input, table-driven, through the real command lines: ``python -m adastft.train``,
 ``python tune/search.py`` and ``python -m adastft.predict``, each run in a process of its own.
 
-To keep 50 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
+To keep 55 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
 it has imported torch, Hydra and MLflow (the module or script is then run as ``__main__``, as
 ``python -m`` does). One row of each program also runs as a fresh ``python`` process, and must
 give the same exit status and error line.
@@ -146,6 +146,17 @@ def rows(inputs: Path) -> list[Row]:
         Row("damaged checkpoint to resume from", "checkpoint", "train", ["train.out_dir={case}/resume"],
             "resume/last.pt", setup=lambda case: _copy(i / "damaged_run" / "last.pt", case / "resume" / "last.pt")),
         # ---- datasets: layouts and audio files
+        Row("data.test_fraction=0 (an empty test split)", "config", "train", ["data.test_fraction=0"],
+            "data.test_fraction=0"),
+        Row("data.split_files naming a list file that does not exist", "config", "train",
+            ["data.split_files={train:nowhere/train.txt,val:[a],test:[b]}"], "nowhere/train.txt"),
+        Row("data.split_files without a train list", "config", "train", ["data.split_files={val:[a]}"],
+            "split_files must be a dict"),
+        Row("data.split_files without a test list", "config", "train",
+            ["data.split_files={train:[ambient/ambient.00000],val:[ambient/ambient.00001]}"],
+            "data.split_files has no 'test' list"),
+        Row("search whose base config has data.test_fraction=0", "config", "search", ["data.test_fraction=0"],
+            "data.test_fraction=0"),
         Row("GTZAN without data.root", "layout", "train", ["data=gtzan"], "data.root is required"),
         Row("GTZAN root that does not exist", "layout", "train", ["data=gtzan", f"data.root={i}/nowhere"], "nowhere"),
         Row("GTZAN root without clips", "layout", "train", ["data=gtzan", f"data.root={i}/gtzan_empty"], "gtzan_empty"),
