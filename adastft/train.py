@@ -17,6 +17,7 @@ the same way.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -106,6 +107,10 @@ def precheck(argv: list[str]) -> Config | None:
     out_dir = Path(cfg.train.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"train.out_dir {str(out_dir)!r} is a file, not a folder")
+    existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir {str(out_dir)!r} cannot be made: {existing} is "
+                          f"{'a file' if not existing.is_dir() else 'not writable'}; give another folder")
     backbone = cfg.model.pretrained_path
     if backbone and not Path(backbone).expanduser().is_file():  # before the data is decoded
         raise ConfigError(f"model.pretrained_path {backbone!r} is not a file: give a local torchvision state dict")

@@ -1,7 +1,7 @@
 """Bad input, table-driven, through the real command lines: ``python -m adastft.train``,
 ``python tune/search.py`` and ``python -m adastft.predict``, each run in a process of its own.
 
-To keep 55 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
+To keep 56 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
 it has imported torch, Hydra and MLflow (the module or script is then run as ``__main__``, as
 ``python -m`` does). One row of each program also runs as a fresh ``python`` process, and must
 give the same exit status and error line.
@@ -146,6 +146,8 @@ def rows(inputs: Path) -> list[Row]:
         Row("damaged checkpoint to resume from", "checkpoint", "train", ["train.out_dir={case}/resume"],
             "resume/last.pt", setup=lambda case: _copy(i / "damaged_run" / "last.pt", case / "resume" / "last.pt")),
         # ---- datasets: layouts and audio files
+        Row("train.out_dir inside a file", "cli", "train", ["train.out_dir={case}/afile/run"], "afile is a file",
+            setup=lambda case: (case / "afile").write_text("not a folder\n")),
         Row("data.test_fraction=0 (an empty test split)", "config", "train", ["data.test_fraction=0"],
             "data.test_fraction=0"),
         Row("data.split_files naming a list file that does not exist", "config", "train",
