@@ -168,6 +168,9 @@ def main() -> None:
     except ConfigError as exc:
         print(f"adastft.train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("adastft.train: interrupted (SIGINT) before the run started; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _run(dcfg) -> float:

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SearchError, TrackingUnavailable) as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"search: interrupted (SIGINT) before study {args.name!r} started: nothing ran", file=sys.stderr)
+        return 130
     from tune.interrupt import report_interrupted, resume_command
     from tune.run import run_study  # imports Ray: only after the checks
 

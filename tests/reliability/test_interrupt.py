@@ -32,6 +32,7 @@ from process_helpers import remove_trial_work
 pytestmark = pytest.mark.slow
 
 HOW = {"SIGINT to the process group (Ctrl-C)": (signal.SIGINT, True), "SIGTERM to the process": (signal.SIGTERM, False)}
+DRIVER_ALONE = {"SIGINT to the driver alone": (signal.SIGINT, False)}
 
 
 def _interrupt(proc: subprocess.Popen, ready, what: str, signum: int, group: bool) -> tuple[str, str, float, list[str]]:
@@ -96,10 +97,10 @@ def test_train_command_line_interrupted_then_resumed(tmp_path, faults, how):
     assert not problems, "\n".join(problems) + "\n" + err[-3000:]
 
 
-@pytest.mark.parametrize("how", list(HOW))
+@pytest.mark.parametrize("how", list(HOW) + list(DRIVER_ALONE))
 def test_search_interrupted_then_resumed(tmp_path, faults, how):
     case = faults(f"search driver interrupted: {how}")
-    signum, group = HOW[how]
+    signum, group = {**HOW, **DRIVER_ALONE}[how]
     name = f"int{uuid.uuid4().hex[:8]}"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = tmp_path / "runs/search" / name
