@@ -28,6 +28,7 @@ class DataConfig:
     sample_rate: int = 22050
     clip_seconds: float = 30.0
     split: str = "standard"  # standard (GTZAN's artist-filtered lists) | random (seeded, stratified)
+    split_files: dict[str, str | list[str]] | None = None  # {train: names or a list file, val: ..., test: ...}
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
@@ -53,7 +54,8 @@ class DataConfig:
 
         return DataSpec(
             source=self.source, root=self.root, cache_dir=self.cache_dir, sample_rate=self.sample_rate,
-            clip_seconds=self.clip_seconds, split=self.split, val_fraction=self.val_fraction,
+            clip_seconds=self.clip_seconds, split=self.split, split_files=self.split_files,
+            val_fraction=self.val_fraction,
             test_fraction=self.test_fraction, seed=self.seed, on_bad=self.on_bad,
             synthetic_clips_per_class=self.synthetic_clips_per_class,
         )
@@ -74,6 +76,13 @@ class DataConfig:
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name} must be in [0, 1), got {getattr(self, name)!r}")
+            # a run validates every epoch and ends by testing: neither split may be empty
+            split = name.split("_")[0]
+            if self.split_files is not None and split not in self.split_files and "train" in self.split_files:
+                raise ConfigError(f"{where}.split_files has no {split!r} list, but training needs one: add it")
+            if getattr(self, name) == 0 and self.split_files is None and (self.source, self.split) != ("gtzan", "standard"):
+                raise ConfigError(f"{where}.{name}=0 leaves the {split} split empty, but training needs it: "
+                                  f"set it above 0 (e.g. 0.2), or give {where}.split_files with a {split} list")
         for name in ("noise_snr_db", "gain_db"):
             value = getattr(self, name)
             if value is not None and (len(value) != 2 or value[0] > value[1]):
@@ -298,7 +307,10 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        _, item = typing.get_args(hint)
+        if item is str:  # tags: any scalar, as text
+            return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _coerce(v, item, f"{path}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value

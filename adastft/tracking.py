@@ -173,6 +173,50 @@ def _check_writable_dir(folder: Path, uri: str) -> None:
             f"({err.strerror or err}): fix its permissions or set tracking.uri") from None
 
 
+def open_client(uri: str) -> MlflowClient:
+    """``MlflowClient(uri)``, whose SQLite store, when new, is created by one process at a time.
+
+    MLflow 3.17's ``SqlAlchemyStore`` creates a missing schema without a lock (its
+    ``_safe_initialize_tables`` is not used there): two processes opening the same new
+    ``mlflow.db`` at once both create the tables, and one fails ("duplicate column name: step").
+    The first use of the store here (creating the schema if missing) is serialised with an
+    ``flock`` on ``<db>.lock`` beside it; once the tables exist, MLflow creates none.
+    (tests/reliability/test_stores.py opens one new store from two processes at once.)
+    """
+    path = _local_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None:
+        return MlflowClient(uri)
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # opens the store: the schema is made here
+        return client
+
+
+def sqlite_damage(path: Path) -> str | None:
+    """Why the SQLite database ``path`` cannot be used (SQLite's own words), or ``None`` when it
+    opens and passes ``PRAGMA quick_check`` (or does not exist yet, or is empty: SQLite makes an
+    empty file a new database). Opened read-only: a damaged file is left exactly as it is."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as con:
+            (verdict,) = con.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.Error as err:
+        return str(err)
+    return None if verdict == "ok" else str(verdict)
+
+
+def damaged_store_fix(path: Path) -> str:
+    return (f"move it aside (mv {path} {path}.damaged) and restore it from a backup, "
+            "or point the command at another file")
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training, when the tracking store cannot take a run.
 
@@ -202,6 +246,10 @@ def _check_tracking_uri(uri: str, timeout: float) -> None:
         if path.exists() and not os.access(path, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri} is not usable: {path} is read-only: "
                                       "fix its permissions or set tracking.uri")
+        damage = sqlite_damage(path)
+        if damage:
+            raise TrackingUnavailable(f"MLflow store {path} is damaged ({damage}): {damaged_store_fix(path)} "
+                                      "(tracking.uri)")
     else:
         _check_writable_dir(path, uri)
 
@@ -306,7 +354,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.request_timeout = float(request_timeout)
         self.retry_interval = float(retry_interval)
-        self._client = MlflowClient(tracking_uri)
+        self._client = open_client(tracking_uri)
         store = self._client._tracking_client.store
         self._rest_creds = store.get_host_creds if isinstance(store, RestStore) else None
         self._secrets = environment_secrets()

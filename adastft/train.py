@@ -17,6 +17,9 @@ the same way.
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,10 @@ def precheck(argv: list[str]) -> Config | None:
     out_dir = Path(cfg.train.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"train.out_dir {str(out_dir)!r} is a file, not a folder")
+    existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir {str(out_dir)!r} cannot be made: {existing} is "
+                          f"{'a file' if not existing.is_dir() else 'not writable'}; give another folder")
     backbone = cfg.model.pretrained_path
     if backbone and not Path(backbone).expanduser().is_file():  # before the data is decoded
         raise ConfigError(f"model.pretrained_path {backbone!r} is not a file: give a local torchvision state dict")
@@ -130,6 +137,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (``kill``, systemd, a scheduler) raised in the main thread like Ctrl-C's
+    KeyboardInterrupt, so that training ends its MLflow run as KILLED and removes a half-written
+    checkpoint's temporary file instead of dying mid-write."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def interrupted_line(argv: list[str], signum: int) -> str:
+    """The one line of a run stopped by ``signum``: the command that resumes it from ``last.pt``."""
+    again = [a for a in argv if not a.startswith(("train.resume=", "+train.resume=", "++train.resume="))]
+    return (f"adastft.train: interrupted ({signal.Signals(signum).name}): stopped between checkpoints, last.pt "
+            f"and best.pt are whole; resume with: {shlex.join(['python', '-m', 'adastft.train', *again])}")
+
+
 def main() -> None:
     import hydra
 
@@ -140,6 +168,9 @@ def main() -> None:
     except ConfigError as exc:
         print(f"adastft.train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("adastft.train: interrupted (SIGINT) before the run started; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _run(dcfg) -> float:
@@ -166,7 +197,13 @@ def main() -> None:
         log.info("done: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("test_", "best_"))))
         return metrics.get("best_val_clip_accuracy", 0.0)
 
-    _run()
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        _run()
+    except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT) or SIGTERM: one line, 130 or 143
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(interrupted_line(sys.argv[1:], signum), file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

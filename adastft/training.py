@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from adastft import distributed, plots
 from adastft.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.config import Config
-from adastft.data import Augment, ClipStore, EvalParts, SpecAugment, TrainCrops, prepare, vote
+from adastft.data import Augment, ClipStore, DataError, EvalParts, SpecAugment, TrainCrops, prepare, vote
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
 from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri
@@ -58,6 +58,12 @@ class NullReporter:
 
     def heartbeat(self) -> None:
         pass
+
+
+# What train() reports every epoch, besides "epoch": a search's metric must be one of these
+# (tests/reliability/test_search_checks.py compares them with a real run's reports).
+EPOCH_METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
+                 "kernel_change", "epoch_seconds", "best_val_clip_accuracy")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -251,6 +257,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         check_tracking_uri(_tracking_uri(cfg))  # before any expensive work
 
     store = prepare(cfg.data.spec())
+    _check_splits(store, cfg)
     n_classes = len(store.classes)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, n_classes).to(device)
@@ -379,6 +386,15 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         raise
     finally:
         tracker.end(status)
+
+
+def _check_splits(store, cfg: Config) -> None:
+    """Every split a run uses has clips (before training: testing comes at the end)."""
+    for split in ("train", "val", "test"):
+        if not len(store.indices(split)):
+            fix = (f"add a {split!r} list to data.split_files" if cfg.data.split_files else
+                   f"raise data.{split}_fraction" if split != "train" else "lower data.val_fraction + data.test_fraction")
+            raise DataError(f"the {split} split of {Path(store.path).name} has no clip: {fix}")
 
 
 def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat) -> float:

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster_sandbox import (PYTHON_BIN, Sandboxed, free_port, http_ok, ray_auth_home, require_namespaces,
                              short_tmp, wait_for)
+from system_programs import require
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(PYTHON_BIN) / "ray")
@@ -43,8 +44,10 @@ def _tools() -> None:
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                        + " ".join(missing), shell=True, check=False, capture_output=True, timeout=600)
-    if not Path("/usr/sbin/sshd").exists() or not shutil.which("rsync") or not shutil.which("nc"):
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install openssh-server rsync netcat-openbsd)")
+    still = [tool for tool, found in (("openssh-server", Path("/usr/sbin/sshd").exists()),
+                                      ("rsync", shutil.which("rsync")), ("netcat-openbsd", shutil.which("nc")))
+             if not found]
+    require(still, "apt-get install openssh-server rsync netcat-openbsd", "the cluster launcher test")
 
 
 def _snapshot(dest: Path) -> Path:

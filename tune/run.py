@@ -24,6 +24,7 @@ from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker, redact_text
 
 from tune.checkpoints import SCORE, CheckpointRetention, folder_bytes, keep_best_trials
+from tune.interrupt import Interrupted, StopSignals, report_interrupted
 from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.settings import (ROOT, SearchError, check_cluster, cluster_resources, launcher_capacity, plan_resources,
                            run_on_nodes)
@@ -118,10 +119,7 @@ def _close_running_children(study: dict, why: str, known: set[str] | None = None
     experiment = client.get_experiment_by_name(study["experiment"])
     if experiment is None:
         return
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
-    )
-    for run in runs:
+    for run in _child_runs(client, experiment, study):
         abandoned = known is not None and run.data.tags.get(TRIAL_TAG) not in known
         if run.info.status == "RUNNING" or abandoned:
             client.set_tag(run.info.run_id, "stopped", "abandoned: Tune never recorded this trial" if abandoned else why)
@@ -131,10 +129,32 @@ def _close_running_children(study: dict, why: str, known: set[str] | None = None
             client.delete_run(run.info.run_id)
 
 
+def _child_runs(client, experiment, study: dict) -> list:
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
+    )
+
+
+def _tag_stopped_children(study: dict, why: str, since_ms: int) -> None:
+    """Tag ``stopped`` on child runs that ended KILLED since ``since_ms`` without saying why (a
+    trial stopped from outside ends its own run so, before the driver gets to it)."""
+    if not study.get("parent_run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study["tracking_uri"])
+    experiment = client.get_experiment_by_name(study["experiment"])
+    for run in _child_runs(client, experiment, study) if experiment is not None else []:
+        if run.info.status == "KILLED" and (run.info.end_time or 0) >= since_ms and "stopped" not in run.data.tags:
+            client.set_tag(run.info.run_id, "stopped", why)
+
+
 def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: SchedulerSpec, storage: str,
               study_dir: StudyDir) -> int:
     started = time.time()
     _start_ray(args.address, args.verbose)
+    stops = StopSignals()
+    stops.install()  # after ray.init, which installs its own SIGTERM handler
     try:
         check_cluster(storage, base.tracking.uri if base.tracking.enabled else None)
         cpus, gpus = cluster_resources(args)
@@ -215,8 +235,13 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             )
         try:
             results = tuner.fit()
+        except Interrupted:  # a second signal: no waiting for Tune's last snapshot
+            pass
         finally:
             _remove_work_dirs(state["work_key"], local=args.address is None)
+        if stops.received:
+            study_dir.push()  # object storage: what --resume needs, from any machine
+            return _stopped(args, stops, study_info, parent)
         _close_running_children(study_info, "ended with the study")
         code = _summarise(args, base, spec, results, optuna_url, study_dir, parent, started, storage)
         study_dir.push()
@@ -225,6 +250,19 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         return code
     finally:
         ray.shutdown()
+
+
+def _stopped(args, stops: StopSignals, study: dict, parent) -> int:
+    """An interrupted study: its MLflow runs KILLED with the reason, one line, exit 128 + signal.
+
+    The Optuna trials that were running stay RUNNING: ``--resume`` continues them."""
+    why = f"interrupted by {stops.name}: continue with {args.resume_command}"
+    _close_running_children(study, why)
+    _tag_stopped_children(study, why, since_ms=int(stops.at * 1000))
+    parent.set_tags({"stopped": why})
+    parent.end("KILLED")
+    report_interrupted(args.name, stops.name, args.resume_command)
+    return stops.exit_code
 
 
 def _remove_work_dirs(work_key: str, local: bool) -> None:

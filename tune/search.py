@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from adastft.config import ConfigError  # noqa: E402
 from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
-from tune.settings import SearchError, absolutise, compose, plan_resources, storage_root  # noqa: E402
+from tune.lock import StudyLock  # noqa: E402
+from tune.settings import (SearchError, absolutise, check_metric, check_optuna_storage,  # noqa: E402
+                           check_storage, check_study_name, compose, plan_resources, storage_root)
 from tune.study_dir import StudyDir  # noqa: E402
 
 
@@ -114,17 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base, spec, sched = compose(overrides, args.search, args.scheduler)
         base = absolutise(base, cwd)
+        check_metric(spec)
+        check_study_name(args.name)
         storage = storage_root(args.storage, cwd)
+        check_storage(storage)
         study_dir = StudyDir(storage, args.name)
         try:
             exists = study_dir.exists()
         except OSError as exc:
             raise SearchError(f"--storage {storage}: cannot reach it ({str(exc).strip().splitlines()[0]})") from None
+        exp_dir_local = None if study_dir.remote else study_dir.path
         if exists and not args.resume:
             raise SearchError(f"study {args.name!r} already exists in {storage}: add --resume to continue it, "
                               "or pick another --name")
         if args.resume and not exists:
             raise SearchError(f"--resume: no study {args.name!r} in {storage} to continue")
+        if args.optuna_storage or (args.resume and exp_dir_local is not None):  # a new study's optuna.db is made later
+            check_optuna_storage(args.optuna_storage or f"sqlite:///{exp_dir_local / 'optuna.db'}",
+                                 args.name if args.resume else None)
         if base.tracking.enabled:
             check_tracking_uri(base.tracking.uri)
         if args.address is None:  # a local Ray gets this machine's resources: check the plan before starting it
@@ -137,16 +147,30 @@ def main(argv: list[str] | None = None) -> int:
                 socket.create_connection((host, int(port)), timeout=5).close()
             except (OSError, ValueError) as exc:
                 raise SearchError(f"--address {args.address}: no Ray cluster answers there ({exc})") from None
+        # last: a new study's folder is made here, to hold its lock (tune/lock.py)
+        lock = StudyLock(exp_dir_local).acquire(args.name) if exp_dir_local is not None else None
     except (ConfigError, SearchError, TrackingUnavailable) as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"search: interrupted (SIGINT) before study {args.name!r} started: nothing ran", file=sys.stderr)
+        return 130
+    from tune.interrupt import report_interrupted, resume_command
     from tune.run import run_study  # imports Ray: only after the checks
 
+    args.resume_command = resume_command(sys.argv[0], sys.argv[1:] if argv is None else argv)
     try:
         return run_study(args, base, spec, sched, storage, study_dir)
     except SearchError as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM (tune/interrupt.py), or one before Ray started
+        signum = getattr(exc, "signum", signal.SIGINT)
+        report_interrupted(args.name, signal.Signals(signum).name, args.resume_command)
+        return 128 + signum
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

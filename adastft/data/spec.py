@@ -99,6 +99,7 @@ class DataSpec:
         if self.split_files is not None:
             need(isinstance(self.split_files, dict) and set(self.split_files) <= set(SPLITS) and "train" in self.split_files,
                  f"split_files must be a dict with keys among {', '.join(SPLITS)} including 'train', got {self.split_files!r:.80}")
+            read_split_files(self.split_files)  # list files exist, no name in two splits: before any decoding
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and 0 <= value < 1, f"{name} must be in [0, 1), got {value!r}")

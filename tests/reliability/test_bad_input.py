@@ -1,7 +1,7 @@
 """Bad input, table-driven, through the real command lines: ``python -m adastft.train``,
 ``python tune/search.py`` and ``python -m adastft.predict``, each run in a process of its own.
 
-To keep 38 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
+To keep 56 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
 it has imported torch, Hydra and MLflow (the module or script is then run as ``__main__``, as
 ``python -m`` does). One row of each program also runs as a fresh ``python`` process, and must
 give the same exit status and error line.
@@ -31,6 +31,7 @@ from typing import Callable
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from harness import HERE, SEARCH, env, free_port, space_file, tiny
 from data_helpers import RATE, tone, write_bad_files, write_folder
@@ -78,6 +79,17 @@ def inputs(tmp_path_factory) -> Path:
     # a damaged checkpoint where a run would resume
     (root / "damaged_run").mkdir()
     (root / "damaged_run" / "last.pt").write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    space_file(root, name="metric_not_reported.yaml")
+    spec = yaml.safe_load((root / "metric_not_reported.yaml").read_text())
+    (root / "metric_not_reported.yaml").write_text(yaml.safe_dump({**spec, "metric": "val_acc"}))
+    # stores: an Optuna study and an MLflow store holding another study's finished parent run
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    optuna.create_study(study_name="bad", storage=f"sqlite:///{root}/optuna.db")
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    run = client.create_run(client.create_experiment("reliability"), run_name="other-study")
+    client.set_terminated(run.info.run_id, "FINISHED")
     # predict: a real model, a checkpoint that is not an adastft model, files that are not audio
     from adastft.checkpoint import save_checkpoint
     from adastft.config import Config
@@ -93,6 +105,22 @@ def inputs(tmp_path_factory) -> Path:
     sf.write(root / "song.wav", tone(seconds=2.0), RATE)
     (root / "notes.wav").write_text("this is a text file, not audio\n" * 20)
     return root
+
+
+def _truncated(src: Path, dst: Path, keep: float = 0.5) -> None:
+    _copy(src, dst)
+    dst.write_bytes(dst.read_bytes()[: int(dst.stat().st_size * keep)])
+
+
+_HELD: list = []  # locks this test process holds for the rows of a running driver
+
+
+def _running_study(case: Path) -> None:
+    """A study folder whose lock a live driver holds (this test process) beside the runs of
+    another study, which must not change."""
+    from tune.lock import StudyLock
+
+    _HELD.append(StudyLock(case / "runs/search/bad").acquire("bad"))
 
 
 def rows(inputs: Path) -> list[Row]:
@@ -118,6 +146,19 @@ def rows(inputs: Path) -> list[Row]:
         Row("damaged checkpoint to resume from", "checkpoint", "train", ["train.out_dir={case}/resume"],
             "resume/last.pt", setup=lambda case: _copy(i / "damaged_run" / "last.pt", case / "resume" / "last.pt")),
         # ---- datasets: layouts and audio files
+        Row("train.out_dir inside a file", "cli", "train", ["train.out_dir={case}/afile/run"], "afile is a file",
+            setup=lambda case: (case / "afile").write_text("not a folder\n")),
+        Row("data.test_fraction=0 (an empty test split)", "config", "train", ["data.test_fraction=0"],
+            "data.test_fraction=0"),
+        Row("data.split_files naming a list file that does not exist", "config", "train",
+            ["data.split_files={train:nowhere/train.txt,val:[a],test:[b]}"], "nowhere/train.txt"),
+        Row("data.split_files without a train list", "config", "train", ["data.split_files={val:[a]}"],
+            "split_files must be a dict"),
+        Row("data.split_files without a test list", "config", "train",
+            ["data.split_files={train:[ambient/ambient.00000],val:[ambient/ambient.00001]}"],
+            "data.split_files has no 'test' list"),
+        Row("search whose base config has data.test_fraction=0", "config", "search", ["data.test_fraction=0"],
+            "data.test_fraction=0"),
         Row("GTZAN without data.root", "layout", "train", ["data=gtzan"], "data.root is required"),
         Row("GTZAN root that does not exist", "layout", "train", ["data=gtzan", f"data.root={i}/nowhere"], "nowhere"),
         Row("GTZAN root without clips", "layout", "train", ["data=gtzan", f"data.root={i}/gtzan_empty"], "gtzan_empty"),
@@ -143,6 +184,30 @@ def rows(inputs: Path) -> list[Row]:
         Row("--cpus-per-trial beyond the machine", "cluster", "search", ["--cpus-per-trial", "64"], "64 CPUs"),
         Row("--address where no cluster runs", "cluster", "search", ["--address", f"127.0.0.1:{free_port()}"],
             "--address 127.0.0.1:"),
+        Row("--name that is a path", "cli", "search", ["--name", "../x"], "--name '../x'"),
+        Row("--name with folders", "cli", "search", ["--name", "a/b"], "--name 'a/b'"),
+        Row("--storage that is a file", "cli", "search", ["--storage", "{case}/results"], "results is a file",
+            setup=lambda case: (case / "results").write_text("not a folder\n")),
+        Row("space whose metric no trial reports", "config", "search", ["--search", str(i / "metric_not_reported.yaml")],
+            "search.metric 'val_acc'"),
+        Row("--optuna-storage that is not a URL", "cli", "search", ["--optuna-storage", "optuna.db"],
+            "--optuna-storage 'optuna.db'"),
+        Row("--optuna-storage with a driver not installed", "cli", "search",
+            ["--optuna-storage", "mysql+pymysql://user@127.0.0.1:1/db"], "--optuna-storage mysql+pymysql"),
+        Row("--optuna-storage in a folder that does not exist", "cli", "search",
+            ["--optuna-storage", "sqlite:///{case}/nowhere/optuna.db"], "nowhere does not exist"),
+        Row("--resume of a study whose driver is running", "cli", "search", ["--resume"],
+            f"another driver (pid {os.getpid()} on host", setup=_running_study),
+        Row("--resume with a truncated optuna.db", "checkpoint", "search", ["--resume"], "bad/optuna.db is damaged",
+            setup=lambda case: (_truncated(i / "optuna.db", case / "runs/search/bad/optuna.db"),
+                                _copy(i / "mlflow.db", case / "mlflow.db"))),
+        Row("--resume with a zero-byte optuna.db", "checkpoint", "search", ["--resume"], "holds no study 'bad'",
+            setup=lambda case: (_copy(i / "mlflow.db", case / "mlflow.db"),
+                                _truncated(i / "optuna.db", case / "runs/search/bad/optuna.db", keep=0))),
+        Row("search with a truncated mlflow.db", "checkpoint", "search", [], "mlflow.db is damaged",
+            setup=lambda case: _truncated(i / "mlflow.db", case / "mlflow.db")),
+        Row("training with a truncated mlflow.db", "checkpoint", "train", [], "mlflow.db is damaged",
+            setup=lambda case: _truncated(i / "mlflow.db", case / "mlflow.db")),
         # ---- python -m adastft.predict
         Row("audio file that does not exist", "predict", "predict", [f"{i}/missing.wav", "--model", f"{i}/model"],
             "missing.wav"),

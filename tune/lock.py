@@ -1,0 +1,58 @@
+"""One driver per study: ``<storage>/<name>/driver.lock``, held with ``flock`` for the driver's
+lifetime and naming it (pid, host, start time).
+
+The kernel releases the lock when the driver's process ends, however it ends (``kill -9``
+included), so a lock left by a dead driver is taken over by the next one without any guess about
+whether the pid in the file is still alive. The file itself stays; only the lock on it matters.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from tune.settings import SearchError
+
+LOCK_FILE = "driver.lock"
+
+
+class StudyLock:
+    """Held from :meth:`acquire` until this process ends (or :meth:`release`)."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        self.path = Path(exp_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, study: str) -> "StudyLock":
+        """Take the lock, or raise :class:`SearchError` naming the driver that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise SearchError(f"study {study!r} is being run by another driver ({holder}): wait for it to end, "
+                              f"or stop it and then --resume") from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        holder = json.loads(raw.decode())
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):  # it has the lock but has not written its name yet
+        return "a driver starting this moment"
