@@ -181,6 +181,8 @@ class TrackingConfig:
     run_id: str | None = None  # continue this run instead of starting one (the search's retries)
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    # seconds between MLflow's system-metrics samples (CPU, memory, GPU); 0: none
+    system_metrics_interval: float = 2.0
 
     def validate(self, where: str) -> None:
         if not self.experiment:

@@ -29,7 +29,8 @@ from adastft.config import Config
 from adastft.data import Augment, ClipStore, EvalParts, SpecAugment, TrainCrops, prepare, vote
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
-from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri
+from adastft.timing import PhaseTimer, totals
+from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri, ui_link
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         tracker = Tracker(
             _tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
             tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
+            system_metrics_interval=cfg.tracking.system_metrics_interval,
         )
         if run_id is not None:
             _note_redone_epochs(tracker, start_epoch)
@@ -299,9 +301,9 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     switches, net = None, model
     metrics: dict[str, float] = {}
     status, finished = "FAILED", False
+    timer = PhaseTimer()
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            started = time.perf_counter()
             if _learning_switches(cfg, epoch) != switches:
                 switches = _learning_switches(cfg, epoch)
                 model.set_frontend_learning(window=switches[0], kernel=switches[1])
@@ -313,11 +315,12 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches,
-                                      getattr(reporter, "heartbeat", None))
+                                      getattr(reporter, "heartbeat", None), timer)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
-                           cfg.data.vote, amp)
+            with timer.phase("eval"):
+                val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
+                               cfg.data.vote, amp)
             if not math.isfinite(val.loss):  # the last step of the epoch can break the weights
                 raise NonFiniteLoss(f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: "
                                     "lower optim.lr or check the data")
@@ -329,14 +332,15 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                 "lr": lr,
                 "window_change": sum(f.window_change() for f in fronts) / len(fronts),
                 "kernel_change": sum(f.kernel_change() for f in fronts) / len(fronts),
-                "epoch_seconds": time.perf_counter() - started,
+                **timer.drain(),
             }
             improved = val.clip_accuracy > best_acc
             best_acc = max(best_acc, val.clip_accuracy)
             metrics["best_val_clip_accuracy"] = best_acc
             history.append(metrics)
             if ctx.is_main:
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                with timer.phase("tracking"):
+                    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
@@ -344,11 +348,12 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                     "classes": list(store.classes), "rng": _rng_state(), "mlflow_run_id": tracker.run_id,
                     "val_confusion": torch.from_numpy(val.confusion),
                 }
-                if improved:  # best first: a kill between the two leaves last.pt older, never best.pt
-                    save_checkpoint(state, best_path, durable=durable)
-                    link_checkpoint(best_path, last_path, durable=durable)
-                else:
-                    save_checkpoint(state, last_path, durable=durable)
+                with timer.phase("checkpoint"):
+                    if improved:  # best first: a kill between the two leaves last.pt older, never best.pt
+                        save_checkpoint(state, best_path, durable=durable)
+                        link_checkpoint(best_path, last_path, durable=durable)
+                    else:
+                        save_checkpoint(state, last_path, durable=durable)
                 log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
                          epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
                          val.segment_accuracy, metrics["epoch_seconds"])
@@ -356,14 +361,22 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             if epoch == cfg.train.epochs - 1:
                 # Finish before the last report: a caller may end the process on it (Tune stops
                 # a trial that reached its last epoch from inside that report).
-                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
+                with timer.phase("tracking"):  # the artifacts; the test split is timed as eval
+                    metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable,
+                                                    timer)}
+                metrics.update(_last_row(timer, tracker, history))
                 finished, status = True, "FINISHED"
-            reporter.report(metrics, out_dir)
+            else:
+                metrics = {**metrics, **totals(history)}  # a new dict: history keeps the epoch's row
+            with timer.phase("checkpoint"):  # Tune copies the reported checkpoint to its storage
+                reporter.report(metrics, out_dir)
             if not finished and ctx.any(reporter.should_stop()):
                 log.info("stopped by the caller after epoch %d", epoch + 1)
                 break
         if not finished:
-            metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
+            with timer.phase("tracking"):
+                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable, timer)}
+            metrics.update(_last_row(timer, tracker, history))
         status = "FINISHED"
         return metrics
     except NonFiniteLoss as exc:
@@ -375,12 +388,26 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         raise
     finally:
         tracker.end(status)
+        if tracker.run_id is not None:
+            log.info("MLflow run %s: %s", tracker.run_id, ui_link(tracker.tracking_uri, tracker.experiment_id))
 
 
-def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat) -> float:
+def _last_row(timer: PhaseTimer, tracker, history: list[dict]) -> dict[str, float]:
+    """The run's totals, including the time after the last epoch's row (its checkpoint and
+    tracking, the test split, the artifacts), which MLflow gets as one more row."""
+    tail = timer.drain()
+    tracker.log_metrics(tail, step=len(history))
+    return totals([*history, tail])
+
+
+def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat,
+                 timer: PhaseTimer | None = None) -> float:
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
+    started = fetched = time.perf_counter()
+    waited = 0.0
     for step, (x, y) in enumerate(loader):
+        waited += time.perf_counter() - fetched
         if max_batches is not None and step >= max_batches:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -397,8 +424,14 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
         if heartbeat is not None:
             heartbeat()
         total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+        fetched = time.perf_counter()
+    waited += time.perf_counter() - fetched  # the last fetch: the one that found the loader empty
     ctx.all_reduce_sum(total)
-    return float(total[0] / max(total[1], 1))
+    mean_loss = float(total[0] / max(total[1], 1))  # waits for the device: its time is compute
+    if timer is not None:
+        timer.add("data_wait", waited)
+        timer.add("compute", time.perf_counter() - started - waited)
+    return mean_loss
 
 
 def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool = True) -> None:
@@ -419,7 +452,7 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool
                                f"plots/{prefix}kernel_change.png")
 
 
-def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> dict[str, float]:
+def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable, timer: PhaseTimer) -> dict[str, float]:
     """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
     out_dir = Path(cfg.train.out_dir)
     log_frontends(tracker, model, "last", plots_too=False)  # before the best weights replace them
@@ -428,7 +461,8 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> d
     best = load_checkpoint(best_path, map_location=device) if best_path.exists() else None
     if best is not None:
         model.load_state_dict(best["model"])
-    test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
+    with timer.phase("eval"):
+        test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
     results = {**test.metrics("test"), "best_val_clip_accuracy": max(h["val_clip_accuracy"] for h in history)}
     if not ctx.is_main:
         return results
