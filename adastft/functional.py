@@ -58,18 +58,24 @@ class _PowerOfSquare(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, exponent: float) -> torch.Tensor:
+        ctx.exponent = exponent
+        if exponent == 0.5:  # |X|: its gradient needs only |X|, so p is not kept for backward
+            out = p.sqrt()
+            ctx.save_for_backward(out)
+            return out
         out = p.pow(exponent)
         ctx.save_for_backward(p, out)
-        ctx.exponent = exponent
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        # One pass of arithmetic, then ``where`` drops the inf/NaN it made at zero: at power 1
+        # this backward is the layer's largest cost after the matrix products.
+        if ctx.exponent == 0.5:
+            (out,) = ctx.saved_tensors
+            return torch.where(out > 0, grad * 0.5 / out, 0.0), None
         p, out = ctx.saved_tensors
-        positive = p > 0
-        safe_p = torch.where(positive, p, torch.ones_like(p))
-        dp = torch.where(positive, grad * ctx.exponent * out / safe_p, torch.zeros_like(p))
-        return dp, None
+        return torch.where(p > 0, grad * ctx.exponent * out / p, 0.0), None
 
 
 def magnitude(power_spectrum: torch.Tensor, power: float) -> torch.Tensor:
