@@ -132,7 +132,7 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
 
 def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_path):
     proc = run_search(tmp_path, "--trials", "2", "--scheduler", "none", "--search", str(space_file(tmp_path)),
-                      "--name", "timed", *tiny(tmp_path, epochs=2), "tracking.system_metrics_interval=0.5")
+                      "--name", "timed", *tiny(tmp_path, epochs=2), "tracking.system_metrics_interval=0.25")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shares = re.search(r"time in trials: compute (\d+)%, eval (\d+)%, data wait (\d+)%, checkpoints (\d+)%, "
                        r"tracking (\d+)%, other (\d+)%", proc.stdout)

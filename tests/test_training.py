@@ -78,7 +78,7 @@ def test_two_epoch_run_is_tracked_with_every_artifact(tmp_path):
 
 
 def test_every_epoch_says_where_its_time_went_and_the_run_samples_the_machine(tmp_path):
-    cfg = small_config(tmp_path, train={"epochs": 3}, tracking={"log_model": False, "system_metrics_interval": 0.5})
+    cfg = small_config(tmp_path, train={"epochs": 3}, tracking={"log_model": False, "system_metrics_interval": 0.2})
     metrics = train(cfg)
     client = MlflowClient(cfg["tracking"]["uri"])
     (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
