@@ -629,6 +629,9 @@ def _system_metrics_monitor(run_id: str, tracking_uri: str, interval: float, res
     overrides ``interval``. ``None`` when ``interval`` is 0 or the monitor cannot start."""
     if interval <= 0:
         return None
+    monitor_log = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    if not any(isinstance(f, _Redacting) for f in monitor_log.filters):
+        monitor_log.addFilter(_Redacting())
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -639,6 +642,15 @@ def _system_metrics_monitor(run_id: str, tracking_uri: str, interval: float, res
     except Exception as err:  # noqa: BLE001 - nice to have: the run goes on without them
         log.warning("no system metrics for MLflow run %s: %s", run_id, _short(err))
         return None
+
+
+class _Redacting(logging.Filter):
+    """MLflow's sampler logs the store's errors as they are, and they name the tracking URI,
+    password included: its messages are redacted like ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_text(record.getMessage()), None
+        return True
 
 
 def _stop_monitor(monitor, run_id: str, timeout: float) -> None:
