@@ -346,7 +346,7 @@ class Tracker:
                      experiment, redact_text(tracking_uri, self._secrets))
         if tags and run_id is not None:
             self.set_tags(tags)
-        self._monitor = _system_metrics_monitor(self.run_id, tracking_uri, system_metrics_interval,
+        self._monitor = start_system_metrics(self.run_id, tracking_uri, system_metrics_interval,
                                                 resume=run_id is not None)
 
     def _experiment_id(self, name: str, artifact_root: str | None) -> str:
@@ -561,7 +561,7 @@ class Tracker:
         if self._ended:
             return
         self._ended = True
-        _stop_monitor(self._monitor, self.run_id, timeout=self.request_timeout)
+        stop_system_metrics(self._monitor, self.run_id, timeout=self.request_timeout)
         with self._lock:
             self._flush()
         lost = self.pending()
@@ -620,8 +620,8 @@ class NullTracker:
         self.end("FINISHED" if exc_type is None else "FAILED")
 
 
-def _system_metrics_monitor(run_id: str, tracking_uri: str, interval: float, resume: bool):
-    """MLflow's own sampler of CPU, memory, disk, network and (with ``nvidia-ml-py``) GPU use, as
+def start_system_metrics(run_id: str, tracking_uri: str, interval: float, resume: bool):
+    """Start MLflow's own sampler of CPU, memory, disk, network and (with ``nvidia-ml-py``) GPU use, as
     ``mlflow.start_run(log_system_metrics=True)`` starts it, here for a run made with
     ``MlflowClient`` (``start_run`` would set the process-global active run). Its metrics are
     ``system/<node>/...``, the node being this machine's host name unless
@@ -653,7 +653,7 @@ class _Redacting(logging.Filter):
         return True
 
 
-def _stop_monitor(monitor, run_id: str, timeout: float) -> None:
+def stop_system_metrics(monitor, run_id: str, timeout: float) -> None:
     """Stop the sampler and send its last points, waiting at most ``timeout`` seconds: against a
     server that went away its client retries for minutes, and ending the run must not wait."""
     if monitor is None:

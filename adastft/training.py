@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from adastft.data import Augment, ClipStore, EvalParts, SpecAugment, TrainCrops,
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
 from adastft.timing import PhaseTimer, totals
-from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri, ui_link
+from adastft.tracking import (NullTracker, Tracker, check_tracking_uri, default_tracking_uri, start_system_metrics,
+                              stop_system_metrics, ui_link)
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +293,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             tracker.log_params({**cfg.to_dict(), "data.classes": ",".join(store.classes),
                                 "data.train_clips": len(store.indices("train"))})
 
+    node_sampler = _sample_other_node(cfg, ctx, tracker)
     train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=ctx.distributed)
@@ -387,9 +390,27 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             status = "KILLED"
         raise
     finally:
+        stop_system_metrics(node_sampler, tracker.run_id, timeout=5.0)
         tracker.end(status)
         if tracker.run_id is not None:
             log.info("MLflow run %s: %s", tracker.run_id, ui_link(tracker.tracking_uri, tracker.experiment_id))
+
+
+def samples_its_node(hosts: list[str], rank: int) -> bool:
+    """Whether ``rank`` samples its machine's system metrics into the run: rank 0's tracker
+    samples its own; elsewhere the first rank on each other machine does."""
+    return rank > 0 and hosts.index(hosts[rank]) == rank and hosts[rank] != hosts[0]
+
+
+def _sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker):
+    """DDP over several machines: every machine's system metrics go into rank 0's run, each under
+    its own host name. A collective: every rank calls it."""
+    if not ctx.distributed or not cfg.tracking.enabled or not cfg.tracking.system_metrics_interval:
+        return None
+    ranks = ctx.gather((socket.gethostname(), tracker.run_id))
+    if not samples_its_node([host for host, _ in ranks], ctx.rank):
+        return None
+    return start_system_metrics(ranks[0][1], _tracking_uri(cfg), cfg.tracking.system_metrics_interval, resume=True)
 
 
 def _last_row(timer: PhaseTimer, tracker, history: list[dict]) -> dict[str, float]:

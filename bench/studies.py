@@ -6,6 +6,7 @@ hour when trials share a GPU).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -28,6 +29,15 @@ class Study:
     wall_s: float
     table: pd.DataFrame  # the study's trials.csv
     stdout: str
+    folder: Path  # Tune's results of the study: a folder per trial
+
+    def trial_seconds(self) -> float:
+        """The trials' wall seconds as Tune timed them (each from its start to its last report), summed."""
+        total = 0.0
+        for results in self.folder.glob("*/result.json"):
+            lines = results.read_text().splitlines()
+            total += json.loads(lines[-1]).get("time_total_s", 0.0) if lines else 0.0
+        return total
 
     def totals(self) -> dict[str, float]:
         """Seconds per phase summed over the trials (``total_time_<phase>``, ``total_epoch_seconds``)."""
@@ -49,4 +59,5 @@ def run_study(folder: Path, name: str, trials: int, *args: str, timeout: float =
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return Study(wall, pd.read_csv(folder / "runs" / "search" / name / "summary" / "trials.csv"), proc.stdout)
+    results = folder / "runs" / "search" / name
+    return Study(wall, pd.read_csv(results / "summary" / "trials.csv"), proc.stdout, results)

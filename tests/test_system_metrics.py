@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from adastft.tracking import Tracker
+from adastft.training import samples_its_node
 
 
 def test_a_run_samples_its_machine_under_its_host_name_until_it_ends(tmp_path):
@@ -41,3 +42,9 @@ def test_the_samplers_messages_do_not_show_the_stores_password(tmp_path, caplog)
 def test_a_negative_interval_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^system_metrics_interval must be >= 0 seconds \(0: off\), got -1$"):
         Tracker(f"sqlite:///{tmp_path}/mlflow.db", "sys", system_metrics_interval=-1)
+
+
+def test_ddp_over_several_machines_samples_each_machine_once():
+    hosts = ["a", "a", "b", "b", "c"]  # ranks 0..4
+    assert [samples_its_node(hosts, rank) for rank in range(5)] == [False, False, True, False, True]
+    assert not any(samples_its_node(["a", "a"], rank) for rank in range(2))  # one machine: rank 0's run has it
