@@ -112,8 +112,9 @@ def power_spectrogram_fft(
     hop_length: int,
     center: bool,
     pad_mode: str,
+    power: float = 2.0,
 ) -> torch.Tensor:
-    """``|STFT(x)|^2`` by the FFT. ``(B, L) -> (B, F, T)``; the window may require grad."""
+    """``|STFT(x)|^power`` by the FFT. ``(B, L) -> (B, F, T)``; the window may require grad."""
     spec = torch.stft(
         x,
         n_fft=n_fft,
@@ -124,7 +125,10 @@ def power_spectrogram_fft(
         pad_mode=pad_mode,
         return_complex=True,
     )  # (B, F, T) complex
-    return torch.view_as_real(spec).square().sum(-1)  # (B, F, T)
+    if power == 1.0:
+        # torch's complex abs: one fused pass each way, and its gradient is zero where |X| = 0
+        return spec.abs()
+    return magnitude(torch.view_as_real(spec).square().sum(-1), power)  # (B, F, T)
 
 
 def power_spectrogram_matmul(
@@ -135,8 +139,9 @@ def power_spectrogram_matmul(
     hop_length: int,
     center: bool,
     pad_mode: str,
+    power: float = 2.0,
 ) -> torch.Tensor:
-    """``|STFT(x)|^2`` with an arbitrary (learnable) kernel, as one matrix product.
+    """``|STFT(x)|^power`` with an arbitrary (learnable) kernel, as one matrix product.
 
     ``(B, L) -> (B, T, F)`` (frames first: the mel product then needs no transpose). The
     ``(2, F, N)`` kernel is windowed and flattened to a ``(2F, W)`` basis, so real and imaginary
@@ -150,7 +155,7 @@ def power_spectrogram_matmul(
     out = torch.matmul(frames, basis.t())  # (B, T, 2F)
     # Square then fold [re | im]: the backward is one multiply, where slicing out re and im
     # would zero-fill and copy a (B, T, 2F) gradient twice.
-    return out.square().unflatten(-1, (2, n_freq)).sum(-2)  # (B, T, F)
+    return magnitude(out.square().unflatten(-1, (2, n_freq)).sum(-2), power)  # (B, T, F)
 
 
 def compress(x: torch.Tensor, method: str, power: float, log_gain: float) -> torch.Tensor:
