@@ -12,7 +12,6 @@ import logging
 import math
 import random
 import socket
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +148,43 @@ def _autocast(device: torch.device, enabled: bool):
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def samples_its_node(hosts: list[str], rank: int) -> bool:
+    """Whether ``rank`` samples its machine's system metrics into the run: rank 0's tracker
+    samples its own; elsewhere the first rank on each other machine does."""
+    return rank > 0 and hosts.index(hosts[rank]) == rank and hosts[rank] != hosts[0]
+
+
+def _sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker):
+    """DDP over several machines: every machine's system metrics go into rank 0's run, each under
+    its own host name. A collective: every rank calls it."""
+    if not ctx.distributed or not cfg.tracking.enabled or not cfg.tracking.system_metrics_interval:
+        return None
+    ranks = ctx.gather((socket.gethostname(), tracker.run_id))
+    if not samples_its_node([host for host, _ in ranks], ctx.rank):
+        return None
+    return start_system_metrics(ranks[0][1], _tracking_uri(cfg), cfg.tracking.system_metrics_interval, resume=True)
+
+
+def _last_row(timer: PhaseTimer, tracker, history: list[dict]) -> dict[str, float]:
+    """The run's totals, including the time after the last epoch's row (its checkpoint and
+    tracking, the test split, the artifacts), which MLflow gets as one more row."""
+    tail = timer.drain()
+    tracker.log_metrics(tail, step=len(history))
+    return totals([*history, tail])
+
+
+def _timed_batches(loader, timer: PhaseTimer):
+    """``loader``'s batches, the wait for each timed as ``data_wait`` (inside the ``compute`` phase
+    that times the epoch's steps, which leaves it out)."""
+    batches = iter(loader)
+    while True:
+        with timer.phase("data_wait"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -317,8 +353,9 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             seed_everything(_epoch_seed(cfg, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches,
-                                      getattr(reporter, "heartbeat", None), timer)
+            with timer.phase("compute"):
+                train_loss = _train_epoch(net, _timed_batches(loader, timer), optimizer, scaler, augment, device, amp,
+                                          ctx, cfg.train.max_batches, getattr(reporter, "heartbeat", None))
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             with timer.phase("eval"):
@@ -396,39 +433,10 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             log.info("MLflow run %s: %s", tracker.run_id, ui_link(tracker.tracking_uri, tracker.experiment_id))
 
 
-def samples_its_node(hosts: list[str], rank: int) -> bool:
-    """Whether ``rank`` samples its machine's system metrics into the run: rank 0's tracker
-    samples its own; elsewhere the first rank on each other machine does."""
-    return rank > 0 and hosts.index(hosts[rank]) == rank and hosts[rank] != hosts[0]
-
-
-def _sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker):
-    """DDP over several machines: every machine's system metrics go into rank 0's run, each under
-    its own host name. A collective: every rank calls it."""
-    if not ctx.distributed or not cfg.tracking.enabled or not cfg.tracking.system_metrics_interval:
-        return None
-    ranks = ctx.gather((socket.gethostname(), tracker.run_id))
-    if not samples_its_node([host for host, _ in ranks], ctx.rank):
-        return None
-    return start_system_metrics(ranks[0][1], _tracking_uri(cfg), cfg.tracking.system_metrics_interval, resume=True)
-
-
-def _last_row(timer: PhaseTimer, tracker, history: list[dict]) -> dict[str, float]:
-    """The run's totals, including the time after the last epoch's row (its checkpoint and
-    tracking, the test split, the artifacts), which MLflow gets as one more row."""
-    tail = timer.drain()
-    tracker.log_metrics(tail, step=len(history))
-    return totals([*history, tail])
-
-
-def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat,
-                 timer: PhaseTimer | None = None) -> float:
+def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat) -> float:
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    started = fetched = time.perf_counter()
-    waited = 0.0
     for step, (x, y) in enumerate(loader):
-        waited += time.perf_counter() - fetched
         if max_batches is not None and step >= max_batches:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -445,14 +453,8 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
         if heartbeat is not None:
             heartbeat()
         total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
-        fetched = time.perf_counter()
-    waited += time.perf_counter() - fetched  # the last fetch: the one that found the loader empty
     ctx.all_reduce_sum(total)
-    mean_loss = float(total[0] / max(total[1], 1))  # waits for the device: its time is compute
-    if timer is not None:
-        timer.add("data_wait", waited)
-        timer.add("compute", time.perf_counter() - started - waited)
-    return mean_loss
+    return float(total[0] / max(total[1], 1))
 
 
 def log_frontends(tracker, model: AdaSTFTClassifier, which: str, plots_too: bool = True) -> None:
