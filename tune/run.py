@@ -26,8 +26,9 @@ from adastft.tracking import NullTracker, Tracker, redact_text, ui_link
 from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.settings import ROOT, check_cluster, cluster_resources, plan_resources, run_on_nodes
 from tune.space import SchedulerSpec, SearchSpec
-from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, log_time, trial_table
+from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
+from tune.summary import log_time
 
 log = logging.getLogger("adastft.search")
 
@@ -223,9 +224,9 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, e
         best_cfg = base.merged(params)
         best_yaml = best_experiment_yaml(best_cfg, args.name, best_row["trial_id"], spec.metric, best_row[spec.metric])
     log_study(parent, table, best_yaml, study, exp_dir / "summary")
-    time_shares = log_time(parent, table)
     if len(finished):
         parent.log_metrics({f"best_{spec.metric}": float(best_row[spec.metric])}, step=0)
+    time_shares = log_time(parent, table)
     parent.end("FINISHED")
     minutes = (time.time() - started) / 60
     print(f"\nstudy {args.name!r}: {len(table)} trials in {minutes:.1f} min; Optuna states "
