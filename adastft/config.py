@@ -196,6 +196,8 @@ class TrackingConfig:
     log_model: bool = False
     tensor_formats: list[str] = field(default_factory=lambda: ["npy"])  # learned tensors: npy and/or pt
     tags: dict[str, str] = field(default_factory=dict)
+    # seconds between MLflow's system-metrics samples (CPU, memory, GPU); 0: none
+    system_metrics_interval: float = 2.0
 
     def validate(self, where: str) -> None:
         if not self.experiment:

@@ -58,18 +58,24 @@ class _PowerOfSquare(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, exponent: float) -> torch.Tensor:
+        ctx.exponent = exponent
+        if exponent == 0.5:  # |X|: its gradient needs only |X|, so p is not kept for backward
+            out = p.sqrt()
+            ctx.save_for_backward(out)
+            return out
         out = p.pow(exponent)
         ctx.save_for_backward(p, out)
-        ctx.exponent = exponent
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        # One pass of arithmetic, then ``where`` drops the inf/NaN it made at zero: at power 1
+        # this backward is the layer's largest cost after the matrix products.
+        if ctx.exponent == 0.5:
+            (out,) = ctx.saved_tensors
+            return torch.where(out > 0, grad * 0.5 / out, 0.0), None
         p, out = ctx.saved_tensors
-        positive = p > 0
-        safe_p = torch.where(positive, p, torch.ones_like(p))
-        dp = torch.where(positive, grad * ctx.exponent * out / safe_p, torch.zeros_like(p))
-        return dp, None
+        return torch.where(p > 0, grad * ctx.exponent * out / p, 0.0), None
 
 
 def magnitude(power_spectrum: torch.Tensor, power: float) -> torch.Tensor:
@@ -106,8 +112,9 @@ def power_spectrogram_fft(
     hop_length: int,
     center: bool,
     pad_mode: str,
+    power: float = 2.0,
 ) -> torch.Tensor:
-    """``|STFT(x)|^2`` by the FFT. ``(B, L) -> (B, F, T)``; the window may require grad."""
+    """``|STFT(x)|^power`` by the FFT. ``(B, L) -> (B, F, T)``; the window may require grad."""
     spec = torch.stft(
         x,
         n_fft=n_fft,
@@ -118,7 +125,10 @@ def power_spectrogram_fft(
         pad_mode=pad_mode,
         return_complex=True,
     )  # (B, F, T) complex
-    return torch.view_as_real(spec).square().sum(-1)  # (B, F, T)
+    if power == 1.0:
+        # torch's complex abs: one fused pass each way, and its gradient is zero where |X| = 0
+        return spec.abs()
+    return magnitude(torch.view_as_real(spec).square().sum(-1), power)  # (B, F, T)
 
 
 def power_spectrogram_matmul(
@@ -129,8 +139,9 @@ def power_spectrogram_matmul(
     hop_length: int,
     center: bool,
     pad_mode: str,
+    power: float = 2.0,
 ) -> torch.Tensor:
-    """``|STFT(x)|^2`` with an arbitrary (learnable) kernel, as one matrix product.
+    """``|STFT(x)|^power`` with an arbitrary (learnable) kernel, as one matrix product.
 
     ``(B, L) -> (B, T, F)`` (frames first: the mel product then needs no transpose). The
     ``(2, F, N)`` kernel is windowed and flattened to a ``(2F, W)`` basis, so real and imaginary
@@ -144,7 +155,7 @@ def power_spectrogram_matmul(
     out = torch.matmul(frames, basis.t())  # (B, T, 2F)
     # Square then fold [re | im]: the backward is one multiply, where slicing out re and im
     # would zero-fill and copy a (B, T, 2F) gradient twice.
-    return out.square().unflatten(-1, (2, n_freq)).sum(-2)  # (B, T, F)
+    return magnitude(out.square().unflatten(-1, (2, n_freq)).sum(-2), power)  # (B, T, F)
 
 
 def compress(x: torch.Tensor, method: str, power: float, log_gain: float) -> torch.Tensor:

@@ -187,17 +187,16 @@ class AdaSTFT(nn.Module):
         x = x.reshape(-1, length).to(self.window.dtype)  # (B, L)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.uses_fft():
-                p = AFN.power_spectrogram_fft(
-                    x, self.window, self.n_fft, self.hop_length, self.center, self.pad_mode
+                spec = AFN.power_spectrogram_fft(
+                    x, self.window, self.n_fft, self.hop_length, self.center, self.pad_mode, self.power
                 )  # (B, F, T)
-                spec = AFN.magnitude(p, self.power)
                 if self.mel_fb is not None:
                     spec = torch.matmul(self.mel_fb.t(), spec)  # (B, M, T)
             else:
-                p = AFN.power_spectrogram_matmul(
-                    x, self.window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode
+                spec = AFN.power_spectrogram_matmul(
+                    x, self.window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode,
+                    self.power,
                 )  # (B, T, F)
-                spec = AFN.magnitude(p, self.power)
                 if self.mel_fb is not None:
                     spec = torch.matmul(spec, self.mel_fb)  # (B, T, M)
                 spec = spec.transpose(1, 2)  # (B, M, T)

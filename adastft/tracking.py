@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -350,7 +351,10 @@ class Tracker:
         artifact_root: str | None = None,
         request_timeout: float = 5.0,
         retry_interval: float = 10.0,
+        system_metrics_interval: float = 0.0,
     ) -> None:
+        if not system_metrics_interval >= 0:
+            raise ValueError(f"system_metrics_interval must be >= 0 seconds (0: off), got {system_metrics_interval!r}")
         self.tracking_uri = tracking_uri
         self.request_timeout = float(request_timeout)
         self.retry_interval = float(retry_interval)
@@ -390,6 +394,8 @@ class Tracker:
                      experiment, redact_text(tracking_uri, self._secrets))
         if tags and run_id is not None:
             self.set_tags(tags)
+        self._monitor = start_system_metrics(self.run_id, tracking_uri, system_metrics_interval,
+                                                resume=run_id is not None)
 
     def _experiment_id(self, name: str, artifact_root: str | None) -> str:
         known = _EXPERIMENT_IDS.get((self.tracking_uri, name))
@@ -606,6 +612,7 @@ class Tracker:
         if self._ended:
             return
         self._ended = True
+        stop_system_metrics(self._monitor, self.run_id, timeout=self.request_timeout)
         with self._lock:
             self._flush()
         lost = self.pending()
@@ -663,6 +670,64 @@ class NullTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.end("FINISHED" if exc_type is None else "FAILED")
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, interval: float, resume: bool):
+    """Start MLflow's own sampler of CPU, memory, disk, network and (with ``nvidia-ml-py``) GPU use, as
+    ``mlflow.start_run(log_system_metrics=True)`` starts it, here for a run made with
+    ``MlflowClient`` (``start_run`` would set the process-global active run). Its metrics are
+    ``system/<node>/...``, the node being this machine's host name unless
+    ``$MLFLOW_SYSTEM_METRICS_NODE_ID`` names it; ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    overrides ``interval``. ``None`` when ``interval`` is 0 or the monitor cannot start."""
+    if interval <= 0:
+        return None
+    monitor_log = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    if not any(isinstance(f, _Redacting) for f in monitor_log.filters):
+        monitor_log.addFilter(_Redacting())
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
+                                       node_id=socket.gethostname(), tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as err:  # noqa: BLE001 - nice to have: the run goes on without them
+        log.warning("no system metrics for MLflow run %s: %s", run_id, _short(err))
+        return None
+
+
+class _Redacting(logging.Filter):
+    """MLflow's sampler logs the store's errors as they are, and they name the tracking URI,
+    password included: its messages are redacted like ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_text(record.getMessage()), None
+        return True
+
+
+def stop_system_metrics(monitor, run_id: str, timeout: float) -> None:
+    """Stop the sampler and send its last points, waiting at most ``timeout`` seconds: against a
+    server that went away its client retries for minutes, and ending the run must not wait."""
+    if monitor is None:
+        return
+    stopper = threading.Thread(target=monitor.finish, name="adastft-system-metrics-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if stopper.is_alive():
+        log.warning("system metrics of MLflow run %s: the last points were not sent within %g s", run_id, timeout)
+
+
+def ui_link(tracking_uri: str, experiment_id: str | None) -> str:
+    """Where the MLflow UI lists an experiment's runs in its Model training view.
+
+    MLflow 3 opens an experiment on its GenAI overview (traces: empty for us); the
+    ``workflowType=machine_learning`` view is the runs table. A server's URI gives the link
+    itself; a local store gives the ``mlflow ui`` command to run first and the link it serves.
+    """
+    view = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if urlparse(tracking_uri).scheme.lower() in ("http", "https"):
+        return f"{redact_text(tracking_uri.rstrip('/'))}/{view}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{view}"
 
 
 def _context_tags() -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
+import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,9 @@ from adastft.config import Config
 from adastft.data import Augment, ClipStore, DataError, EvalParts, SpecAugment, TrainCrops, prepare, vote
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
-from adastft.tracking import NullTracker, Tracker, check_tracking_uri, default_tracking_uri
+from adastft.timing import PhaseTimer, totals
+from adastft.tracking import (NullTracker, Tracker, check_tracking_uri, default_tracking_uri, start_system_metrics,
+                              stop_system_metrics, ui_link)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,43 @@ def _autocast(device: torch.device, enabled: bool):
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def samples_its_node(hosts: list[str], rank: int) -> bool:
+    """Whether ``rank`` samples its machine's system metrics into the run: rank 0's tracker
+    samples its own; elsewhere the first rank on each other machine does."""
+    return rank > 0 and hosts.index(hosts[rank]) == rank and hosts[rank] != hosts[0]
+
+
+def _sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker):
+    """DDP over several machines: every machine's system metrics go into rank 0's run, each under
+    its own host name. A collective: every rank calls it."""
+    if not ctx.distributed or not cfg.tracking.enabled or not cfg.tracking.system_metrics_interval:
+        return None
+    ranks = ctx.gather((socket.gethostname(), tracker.run_id))
+    if not samples_its_node([host for host, _ in ranks], ctx.rank):
+        return None
+    return start_system_metrics(ranks[0][1], _tracking_uri(cfg), cfg.tracking.system_metrics_interval, resume=True)
+
+
+def _last_row(timer: PhaseTimer, tracker, history: list[dict]) -> dict[str, float]:
+    """The run's totals, including the time after the last epoch's row (its checkpoint and
+    tracking, the test split, the artifacts), which MLflow gets as one more row."""
+    tail = timer.drain()
+    tracker.log_metrics(tail, step=len(history))
+    return totals([*history, tail])
+
+
+def _timed_batches(loader, timer: PhaseTimer):
+    """``loader``'s batches, the wait for each timed as ``data_wait`` (inside the ``compute`` phase
+    that times the epoch's steps, which leaves it out)."""
+    batches = iter(loader)
+    while True:
+        with timer.phase("data_wait"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -290,6 +329,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
         tracker = Tracker(
             _tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
             tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
+            system_metrics_interval=cfg.tracking.system_metrics_interval,
         )
         if run_id is not None:
             _note_redone_epochs(tracker, start_epoch)
@@ -297,6 +337,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             tracker.log_params({**cfg.to_dict(), "data.classes": ",".join(store.classes),
                                 "data.train_clips": len(store.indices("train"))})
 
+    node_sampler = _sample_other_node(cfg, ctx, tracker)
     train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=ctx.distributed)
@@ -307,9 +348,9 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     switches, net = None, model
     metrics: dict[str, float] = {}
     status, finished = "FAILED", False
+    timer = PhaseTimer()
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            started = time.perf_counter()
             if _learning_switches(cfg, epoch) != switches:
                 switches = _learning_switches(cfg, epoch)
                 model.set_frontend_learning(window=switches[0], kernel=switches[1])
@@ -320,12 +361,14 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             seed_everything(_epoch_seed(cfg, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            train_loss = _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, cfg.train.max_batches,
-                                      getattr(reporter, "heartbeat", None))
+            with timer.phase("compute"):
+                train_loss = _train_epoch(net, _timed_batches(loader, timer), optimizer, scaler, augment, device, amp,
+                                          ctx, cfg.train.max_batches, getattr(reporter, "heartbeat", None))
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
-                           cfg.data.vote, amp)
+            with timer.phase("eval"):
+                val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
+                               cfg.data.vote, amp)
             if not math.isfinite(val.loss):  # the last step of the epoch can break the weights
                 raise NonFiniteLoss(f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: "
                                     "lower optim.lr or check the data")
@@ -337,7 +380,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                 "lr": lr,
                 "window_change": sum(f.window_change() for f in fronts) / len(fronts),
                 "kernel_change": sum(f.kernel_change() for f in fronts) / len(fronts),
-                "epoch_seconds": time.perf_counter() - started,
+                **timer.drain(),
             }
             improved = val.clip_accuracy > best_acc
             if improved:
@@ -347,7 +390,8 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             metrics["best_val_clip_accuracy"], metrics["best_epoch"] = best_acc, float(best_epoch)
             history.append(metrics)
             if ctx.is_main:
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                with timer.phase("tracking"):
+                    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
@@ -355,11 +399,12 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                     "classes": list(store.classes), "rng": _rng_state(), "mlflow_run_id": tracker.run_id,
                     "val_confusion": torch.from_numpy(val.confusion),
                 }
-                if improved:  # best first: a kill between the two leaves last.pt older, never best.pt
-                    save_checkpoint(state, best_path, durable=durable)
-                    link_checkpoint(best_path, last_path, durable=durable)
-                else:
-                    save_checkpoint(state, last_path, durable=durable)
+                with timer.phase("checkpoint"):
+                    if improved:  # best first: a kill between the two leaves last.pt older, never best.pt
+                        save_checkpoint(state, best_path, durable=durable)
+                        link_checkpoint(best_path, last_path, durable=durable)
+                    else:
+                        save_checkpoint(state, last_path, durable=durable)
                 log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
                          epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
                          val.segment_accuracy, metrics["epoch_seconds"])
@@ -367,14 +412,22 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             if epoch == cfg.train.epochs - 1:
                 # Finish before the last report: a caller may end the process on it (Tune stops
                 # a trial that reached its last epoch from inside that report).
-                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
+                with timer.phase("tracking"):  # the artifacts; the test split is timed as eval
+                    metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable,
+                                                    timer)}
+                metrics.update(_last_row(timer, tracker, history))
                 finished, status = True, "FINISHED"
-            reporter.report(metrics, out_dir)
+            else:
+                metrics = {**metrics, **totals(history)}  # a new dict: history keeps the epoch's row
+            with timer.phase("checkpoint"):  # Tune copies the reported checkpoint to its storage
+                reporter.report(metrics, out_dir)
             if not finished and ctx.any(reporter.should_stop()):
                 log.info("stopped by the caller after epoch %d", epoch + 1)
                 break
         if not finished:
-            metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable)}
+            with timer.phase("tracking"):
+                metrics = {**metrics, **_finish(cfg, model, store, device, ctx, tracker, history, amp, durable, timer)}
+            metrics.update(_last_row(timer, tracker, history))
         status = "FINISHED"
         return metrics
     except NonFiniteLoss as exc:
@@ -385,7 +438,10 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             status = "KILLED"
         raise
     finally:
+        stop_system_metrics(node_sampler, tracker.run_id, timeout=5.0)
         tracker.end(status)
+        if tracker.run_id is not None:
+            log.info("MLflow run %s: %s", tracker.run_id, ui_link(tracker.tracking_uri, tracker.experiment_id))
 
 
 def _check_splits(store, cfg: Config) -> None:
@@ -440,7 +496,7 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequen
                                f"plots/{prefix}kernel_change.png")
 
 
-def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> dict[str, float]:
+def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable, timer: PhaseTimer) -> dict[str, float]:
     """Test split with the best checkpoint; artifacts (rank 0): tensors, plots, config, model."""
     out_dir = Path(cfg.train.out_dir)
     log_frontends(tracker, model, "last", cfg.tracking.tensor_formats, plots_too=False)  # before the best weights replace them
@@ -449,7 +505,8 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable) -> d
     best = load_checkpoint(best_path, map_location=device) if best_path.exists() else None
     if best is not None:
         model.load_state_dict(best["model"])
-    test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
+    with timer.phase("eval"):
+        test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
     results = {**test.metrics("test"), "best_val_clip_accuracy": max(h["val_clip_accuracy"] for h in history)}
     if not ctx.is_main:
         return results

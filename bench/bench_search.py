@@ -18,6 +18,12 @@ Run: ``python bench/bench_search.py [--trials 16 100] [--asha-trials 32]``.
    ``configs/scheduler/asha.yaml`` (grace 1, reduction 4; 16 epochs) on synthetic learning
    curves, vs the same study with every trial run to the end.
    Target: epochs spent <= 35% of running all to the end.
+3. Where a real study's time goes: ``tune/search.py`` on the README's quickstart (synthetic set,
+   default model, learned front end, ASHA) with ``--real-trials`` trials (16), as a user runs it:
+   the trials' shares (compute, eval, data wait, checkpoints, tracking, other) and the share of
+   the machine's CPU time (wall x cores) that went into training and evaluation compute (each
+   trial computes on its one thread). Target: >= 85% on a 2-core machine. ``--real-only`` runs
+   this part alone.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ from adastft.tracking import Tracker, flatten  # noqa: E402
 from tune.optuna_search import PrunedAwareOptunaSearch  # noqa: E402
 from tune.space import SchedulerSpec, SearchSpec  # noqa: E402
 from tune.trainable import run_trial  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from studies import QUICKSTART, run_study  # noqa: E402
 
 EPOCHS = 3
 
@@ -164,8 +173,41 @@ def main() -> None:
                         help="study sizes for the overhead; the target is judged at the largest (default 16 100: "
                              "100 is the main command's)")
     parser.add_argument("--asha-trials", type=int, default=32)
+    parser.add_argument("--real-trials", type=int, default=16, help="trials of the real study (part 3; 0: skip)")
+    parser.add_argument("--real-only", action="store_true", help="part 3 alone")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not args.real_only:
+        overhead_and_asha(args)
+    if args.real_trials:
+        real_study(args.real_trials)
+
+
+def real_study(trials: int) -> None:
+    """Part 3: a real quickstart study; where its time went, and how much of the machine computed."""
+    with tempfile.TemporaryDirectory(prefix="adastft-bench-real-") as tmp:
+        study = run_study(Path(tmp), "real", trials, *QUICKSTART)
+        in_trials = study.trial_seconds()
+    totals, cores = study.totals(), os.cpu_count()
+    machine = study.wall_s * cores
+    epochs = totals["total_epoch_seconds"]  # each trial runs on one thread (tune/run.py: threads = CPUs per trial)
+    computing = totals["total_time_compute"] + totals["total_time_eval"]
+    print(f"{trials}-trial quickstart study (synthetic set, default model, ASHA) on {cores} CPUs: {study.wall_s:.0f} s")
+    print(f"  time in trials' epochs: {study.shares()}")
+    print(f"  machine CPU time (wall x cores) {machine:.0f} s:")
+    for label, seconds in (("in trials' epochs", epochs),
+                           ("in trials, before their first epoch (data cache, model, MLflow run)",
+                            in_trials - epochs),
+                           ("outside trials (Ray start, trial processes, scheduling gaps, pruned trials' runs "
+                            "closed by the driver, the summary, idle slots)", machine - in_trials)):
+        print(f"    {100 * seconds / machine:3.0f}% {seconds:6.0f} s  {label}")
+    share = computing / machine
+    print(f"  training + evaluation compute {computing:.0f} s: {100 * share:.0f}% of the machine   "
+          f"target >= 85%  {'met' if share >= 0.85 else 'MISSED'}")
+
+
+def overhead_and_asha(args: argparse.Namespace) -> None:
+    """Parts 1 and 2."""
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})

@@ -12,7 +12,9 @@ are stated in:
 - kernel learning vs nnAudio's trainable ``STFT`` + the same mel product (<= 1.0);
 - kernel learning vs a bare matrix product of the same shape, forward+backward (<= 1.3);
 - torchaudio's fixed MelSpectrogram and the original project's style (conv2d on real kernels)
-  for reference.
+  for reference;
+- the same two targets at power 1 (magnitude, torchaudio's ``power=1``): window learning vs
+  ``torch.stft(...).abs()`` (<= 1.2) and kernel learning vs nnAudio's ``Magnitude`` output (<= 1.0).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torchaudio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adastft import AdaSTFT  # noqa: E402
+from adastft import functional as AFN  # noqa: E402
 
 SR, SECONDS, BATCH, N_FFT, HOP, N_MELS = 22050, 3, 16, 1024, 512, 128
 
@@ -37,6 +40,17 @@ SR, SECONDS, BATCH, N_FFT, HOP, N_MELS = 22050, 3, 16, 1024, 512, 128
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _adastft_case(device: torch.device, x: torch.Tensor, power: float, window: bool, kernel: bool) -> Callable[[], None]:
+    layer = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=power, learn_window=window,
+                    learn_kernel=kernel).to(device)
+
+    def case():
+        layer(x).sum().backward()
+        layer.zero_grad(set_to_none=True)
+
+    return case
 
 
 def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
@@ -63,13 +77,15 @@ def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
 
     cases["torch.stft + learnable window + mel"] = stft_learnable_window
 
-    ada_window = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_window=True).to(device)
+    cases["AdaSTFT learn window (FFT path)"] = _adastft_case(device, x, 2.0, window=True, kernel=False)
 
-    def adastft_window():
-        ada_window(x).sum().backward()
-        ada_window.window.grad = None
+    def stft_abs_learnable_window():
+        spec = torch.stft(x, N_FFT, HOP, window=window, return_complex=True).abs()  # (B, F, T)
+        torch.matmul(mel_fb.t(), spec).sum().backward()
+        window.grad = None
 
-    cases["AdaSTFT learn window (FFT path)"] = adastft_window
+    cases["p1: torch.stft(...).abs() + learnable window + mel"] = stft_abs_learnable_window
+    cases["p1: AdaSTFT learn window (FFT path)"] = _adastft_case(device, x, 1.0, window=True, kernel=False)
 
     try:
         with warnings.catch_warnings():
@@ -87,25 +103,18 @@ def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
             nna.zero_grad(set_to_none=True)
 
         cases["nnAudio STFT trainable + mel"] = nnaudio_trainable
+
+        def nnaudio_magnitude():
+            torch.matmul(mel_fb.t(), nna(x, output_format="Magnitude")).sum().backward()  # (B, F, T)
+            nna.zero_grad(set_to_none=True)
+
+        cases["p1: nnAudio STFT trainable Magnitude + mel"] = nnaudio_magnitude
     except ImportError:
         print("nnAudio is not installed (pip install -e '.[bench]'); its row is skipped", file=sys.stderr)
 
-    ada_kernel = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_kernel=True).to(device)
-
-    def adastft_kernel():
-        ada_kernel(x).sum().backward()
-        ada_kernel.kernel.grad = None
-
-    cases["AdaSTFT learn kernel (matmul path)"] = adastft_kernel
-
-    ada_both = AdaSTFT(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, learn_window=True, learn_kernel=True).to(device)
-
-    def adastft_both():
-        ada_both(x).sum().backward()
-        ada_both.kernel.grad = None
-        ada_both.window.grad = None
-
-    cases["AdaSTFT learn window + kernel"] = adastft_both
+    cases["AdaSTFT learn kernel (matmul path)"] = _adastft_case(device, x, 2.0, window=False, kernel=True)
+    cases["p1: AdaSTFT learn kernel (matmul path)"] = _adastft_case(device, x, 1.0, window=False, kernel=True)
+    cases["AdaSTFT learn window + kernel"] = _adastft_case(device, x, 2.0, window=True, kernel=True)
 
     n_frames = 1 + (x.shape[-1] + 2 * (N_FFT // 2) - N_FFT) // HOP
     frames = torch.randn(BATCH * n_frames, N_FFT, device=device)
@@ -118,7 +127,7 @@ def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
     cases["bare matmul (B*T, N) x (N, 2F), fwd+bwd"] = bare_matmul
 
     # The original project's style: the windowed real kernels as conv2d filters over the signal.
-    kernels = (ada_kernel.kernel.detach() * torch.hann_window(N_FFT, device=device)).reshape(2 * n_freq, 1, 1, N_FFT)
+    kernels = (AFN.dft_kernel(N_FFT).to(device) * torch.hann_window(N_FFT, device=device)).reshape(2 * n_freq, 1, 1, N_FFT)
     kernels = kernels.clone().requires_grad_(True)
 
     def original_conv2d():
@@ -133,7 +142,7 @@ def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
     return cases
 
 
-def run(device: torch.device, rounds: int, warmup: int) -> dict[str, float]:
+def run(device: torch.device, rounds: int, warmup: int, stat: str = "median") -> dict[str, float]:
     cases = build_cases(device)
     for fn in cases.values():
         for _ in range(warmup):
@@ -147,7 +156,8 @@ def run(device: torch.device, rounds: int, warmup: int) -> dict[str, float]:
             fn()
             _sync(device)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    pick = min if stat == "min" else statistics.median
+    return {name: pick(times) for name, times in samples.items()}
 
 
 def main() -> None:
@@ -155,12 +165,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="min: the fastest round of each, for a machine other work keeps busy")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"batch {BATCH} x {SECONDS} s at {SR} Hz, n_fft {N_FFT}, hop {HOP}, {N_MELS} mels; {where}; "
-          f"median of {args.rounds} round-robin rounds; torch {torch.__version__}")
-    times = run(device, args.rounds, args.warmup)
+          f"{args.stat} of {args.rounds} round-robin rounds; torch {torch.__version__}")
+    times = run(device, args.rounds, args.warmup, args.stat)
     width = max(map(len, times)) + 2
     print(f"{'implementation':<{width}}{'ms':>9}")
     for name, t in times.items():
@@ -177,6 +189,10 @@ def main() -> None:
          "bare matmul (B*T, N) x (N, 2F), fwd+bwd", None),
         ("original conv2d style / AdaSTFT kernel learning", "original style: conv2d on real kernels + mel",
          "AdaSTFT learn kernel (matmul path)", None),
+        ("power 1: window learning / torch.stft(...).abs()", "p1: AdaSTFT learn window (FFT path)",
+         "p1: torch.stft(...).abs() + learnable window + mel", 1.2),
+        ("power 1: kernel learning / nnAudio Magnitude", "p1: AdaSTFT learn kernel (matmul path)",
+         "p1: nnAudio STFT trainable Magnitude + mel", 1.0),
     ]
     width = max(len(r[0]) for r in ratios) + 2
     print(f"{'ratio':<{width}}{'value':>7}  target")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import urllib.request
 from pathlib import Path
@@ -114,6 +115,11 @@ def test_mlflow_ui_shows_the_study_trials_and_their_window_artifacts(tmp_path):
                                                                                            for r in runs]
     names = [r.info.run_name for r in children]
     child = children[0]
+    # the link the search prints to the study's runs, for `mlflow ui` on its default address
+    printed = re.search(r"MLflow UI: mlflow ui --backend-store-uri (\S+), then open http://127\.0\.0\.1:5000/(\S+)",
+                        proc.stdout)
+    assert printed and printed[1] == f"sqlite:///{tmp_path}/mlflow.db", proc.stdout[-2000:]
+    assert printed[2] == f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
 
     # 2. a real MLflow server on loopback, and 3. headless Chromium
     server = MlflowServer(tmp_path, store=f"sqlite:///{tmp_path}/mlflow.db")
@@ -130,8 +136,8 @@ def test_mlflow_ui_shows_the_study_trials_and_their_window_artifacts(tmp_path):
         driver = _chromium(tmp_path)
         driver.set_page_load_timeout(WAIT)
 
-        # 4a. the experiment's runs: the study's parent run, expanded, shows its two trial runs
-        driver.get(f"{url}/#/experiments/{experiment.experiment_id}/runs")
+        # 4a. the printed link, on this server: the study's parent run, expanded, shows its two trial runs
+        driver.get(f"{url}/{printed[2]}")
         _text_visible(driver, "ui")
         _close_assistant(driver)
         expander = _wait(driver).until(lambda d: d.find_element(

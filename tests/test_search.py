@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from optuna.trial import TrialState
 
 from adastft.checkpoint import load_checkpoint
 from adastft.config import Config
+from adastft.timing import EPOCH_SECONDS, PHASES, total_metric
 from process_helpers import optuna_states, trial_pids, trial_work_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +151,35 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
     # the best configuration is a ready-to-run experiment file
     best = yaml.safe_load((tmp_path / "runs/search/asha/summary/best_experiment.yaml").read_text())
     assert Config.from_dict(best).name == "best_asha"
+
+
+def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_path):
+    proc = run_search(tmp_path, "--trials", "2", "--scheduler", "none", "--search", str(space_file(tmp_path)),
+                      "--name", "timed", *tiny(tmp_path, epochs=2), "tracking.system_metrics_interval=0.25")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shares = re.search(r"time in trials: compute (\d+)%, eval (\d+)%, data wait (\d+)%, checkpoints (\d+)%, "
+                       r"tracking (\d+)%, other (\d+)%", proc.stdout)
+    assert shares and 95 <= sum(map(int, shares.groups())) <= 105 and int(shares[1]) > 0, proc.stdout[-2000:]
+
+    client, parent, children = child_runs(tmp_path, "timed")
+    link = f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+    assert f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db, then open " \
+           f"http://127.0.0.1:5000/{link}" in proc.stdout, proc.stdout[-2000:]
+
+    # the study table: each trial's seconds per phase; the parent run: the same, one step per trial
+    table = pd.read_csv(tmp_path / "runs/search/timed/summary/trials.csv")
+    assert len(table) == 2 and (table[[total_metric(p) for p in PHASES]] >= 0).all().all()
+    assert (table[total_metric("compute")] > 0).all() and (table[total_metric("checkpoint")] > 0).all()
+    assert (table[[total_metric(p) for p in PHASES]].sum(axis=1) <= table[total_metric(EPOCH_SECONDS)] + 1e-3).all()
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "trial_total_time_compute")) == [0, 1]
+
+    # each trial's run: a timing row per epoch and one after, and MLflow's system metrics of its node
+    assert len(children) == 2
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "time_compute")] == [0, 1, 2]
+        (cpu,) = [k for k in run.data.metrics if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")]
+        assert cpu == f"system/{socket.gethostname()}/cpu_utilization_percentage"
+        assert len(client.get_metric_history(run.info.run_id, cpu)) >= 3, run.info.run_name
 
 
 def test_a_trial_can_be_a_two_worker_ddp_job(tmp_path):

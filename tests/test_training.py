@@ -19,6 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from adastft.checkpoint import CheckpointError, link_checkpoint, load_checkpoint, save_checkpoint
+from adastft.timing import EPOCH_SECONDS, PHASES, metric, total_metric
 from adastft.tracking import TrackingUnavailable
 from adastft.training import NonFiniteLoss, train
 
@@ -75,6 +76,37 @@ def test_two_epoch_run_is_tracked_with_every_artifact(tmp_path):
     assert run.data.tags["best_model_uri"] == f"models:/{model.model_id}"
     loaded = mlflow.pytorch.load_model(model.artifact_location)
     assert loaded(torch.randn(2, 8000)).shape == (2, 10)
+
+
+def test_every_epoch_says_where_its_time_went_and_the_run_samples_the_machine(tmp_path):
+    cfg = small_config(tmp_path, train={"epochs": 3}, tracking={"log_model": False, "system_metrics_interval": 0.2})
+    metrics = train(cfg)
+    client = MlflowClient(cfg["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+
+    def series(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+    rows = {key: series(key) for key in [metric(p) for p in PHASES] + [EPOCH_SECONDS]}
+    # a row per epoch, and one for what followed the last (its checkpoint, the test split, artifacts)
+    assert all(len(values) == 4 for values in rows.values()), rows
+    assert all(v >= 0 for values in rows.values() for v in values), rows
+    for step in range(4):
+        timed = sum(rows[metric(p)][step] for p in PHASES)
+        wall = rows[EPOCH_SECONDS][step]
+        assert 0.8 * wall <= timed <= wall + 1e-3, (step, timed, wall)
+        assert rows[metric("eval")][step] > 0  # the last row's: the test split
+        assert (rows[metric("compute")][step] > 0) == (step < 3)
+    # an epoch's checkpoint and tracking end it, so they are in the next row
+    assert all(rows[metric(p)][step] > 0 for p in ("checkpoint", "tracking") for step in (1, 2, 3)), rows
+    for phase in (*PHASES, EPOCH_SECONDS):
+        key = metric(phase) if phase in PHASES else phase
+        assert metrics[total_metric(phase)] == pytest.approx(sum(rows[key]), rel=1e-6), phase
+
+    # MLflow's system metrics, labelled with the node: several samples over the run
+    cpu = [k for k in client.get_run(run.info.run_id).data.metrics
+           if k.startswith(f"system/{socket.gethostname()}/") and k.endswith("/cpu_utilization_percentage")]
+    assert len(cpu) == 1 and len(series(cpu[0])) >= 3, cpu
 
 
 def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

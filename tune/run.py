@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
 from adastft.config import Config
-from adastft.tracking import NullTracker, Tracker, redact_text
+from adastft.tracking import NullTracker, Tracker, redact_text, ui_link
 
 from tune.checkpoints import SCORE, CheckpointRetention, folder_bytes, keep_best_trials
 from tune.interrupt import Interrupted, StopSignals, report_interrupted
@@ -32,6 +32,7 @@ from tune.space import SchedulerSpec, SearchSpec
 from tune.study_dir import STATE_FILE, StudyDir
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
+from tune.summary import log_time
 
 log = logging.getLogger("adastft.search")
 
@@ -332,10 +333,14 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, s
     log_study(parent, table, best_yaml, study, study_dir.path / "summary")
     if len(finished):
         parent.log_metrics({f"best_{spec.metric}": float(best_row[spec.metric])}, step=0)
+    time_shares = log_time(parent, table)
     parent.end("FINISHED")
     minutes = (time.time() - started) / 60
     print(f"\nstudy {args.name!r}: {len(table)} trials in {minutes:.1f} min; Optuna states "
           + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    print(f"  time in trials: {time_shares}")
+    if parent.run_id:
+        print(f"  MLflow UI: {ui_link(base.tracking.uri, parent.experiment_id)}")
     if not len(finished):
         print("no trial reported a result; see the errors above")
         return 1

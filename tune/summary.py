@@ -21,6 +21,7 @@ from ray import tune  # noqa: E402
 from adastft import plots  # noqa: E402
 from adastft.checkpoint import load_checkpoint  # noqa: E402
 from adastft.config import Config  # noqa: E402
+from adastft.timing import TOTALS, shares  # noqa: E402
 from adastft.tracking import Tracker, redact_text  # noqa: E402
 
 from tune.optuna_search import epochs_done  # noqa: E402
@@ -111,6 +112,7 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
         for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
                     "train_loss", "test_clip_accuracy", "window_change", "kernel_change"):
             row[key] = metrics.get(key)
+        row.update({key: metrics.get(key) for key in TOTALS})  # where the trial's time went (s)
         frozen = by_tune_id.get(trial_id)
         row["optuna_number"] = frozen.number if frozen else None
         row["optuna_state"] = frozen.state.name if frozen else None
@@ -161,6 +163,18 @@ def optuna_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
         except Exception as exc:  # e.g. importances need two finished trials
             log.info("optuna plot %s skipped: %s", name, exc)
     return made
+
+
+def log_time(tracker: Tracker, table: pd.DataFrame) -> str:
+    """Log each trial's time per phase on the study's parent run (``trial_total_time_<phase>``,
+    one step per trial: its Optuna number) and return the study's shares, ``"compute 81%, ..."``."""
+    timed = table[[key for key in TOTALS if key in table]].fillna(0.0) if len(table) else pd.DataFrame()
+    if timed.empty:
+        return shares({})
+    steps = table["optuna_number"].fillna(pd.Series(range(len(table)), index=table.index)).astype(int)
+    for step, (_, row) in zip(steps, timed.iterrows()):
+        tracker.log_metrics({f"trial_{key}": float(value) for key, value in row.items()}, step=int(step))
+    return shares(timed.sum().to_dict())
 
 
 def log_study(tracker: Tracker, table: pd.DataFrame, best_yaml: str | None, study: optuna.Study, out_dir: Path) -> None:
