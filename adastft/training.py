@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from adastft import distributed, plots
+from adastft import distributed, plots, timing
 from adastft.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.config import Config
 from adastft.data import Augment, ClipStore, DataError, EvalParts, SpecAugment, TrainCrops, prepare, vote
@@ -65,7 +65,8 @@ class NullReporter:
 # What train() reports every epoch, besides "epoch": a search's metric must be one of these
 # (tests/reliability/test_search_checks.py compares them with a real run's reports).
 EPOCH_METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
-                 "kernel_change", "epoch_seconds", "best_val_clip_accuracy")
+                 "kernel_change", "epoch_seconds", "best_val_clip_accuracy", "best_epoch",
+                 *(timing.metric(p) for p in timing.PHASES), *timing.TOTALS)
 
 
 class NonFiniteLoss(RuntimeError):
