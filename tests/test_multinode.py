@@ -79,10 +79,17 @@ class Cluster:
         for ip in WORKERS:
             self.start_worker(ip)
 
+    def node_tmp(self, ip: str) -> Path:
+        """The node's own temp folder (TMPDIR), as on a machine of its own: the trials' working
+        folders of two nodes never meet."""
+        return self.tmp / f"tmp-{ip}"
+
     def _ray_start(self, args: list[str], ip: str) -> Sandboxed:
+        self.node_tmp(ip).mkdir(exist_ok=True)
         node = Sandboxed([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
                           "--temp-dir", str(self.tmp / f"ray-{ip}"), "--dashboard-agent-listen-port", str(free_port()),
-                          *args], binds={str(self.hosts): "/etc/hosts"}, env=self.env, log=self.tmp / f"ray-{ip}.log")
+                          *args], binds={str(self.hosts): "/etc/hosts"}, env={**self.env, "TMPDIR": str(self.node_tmp(ip))},
+                         log=self.tmp / f"ray-{ip}.log")
         started = node.tail(10**6).count("Ray runtime started")
         wait_for(lambda: node.tail(10**6).count("Ray runtime started") > started or not node.alive(), 120,
                  f"the Ray node {ip}", on_fail=node.tail)
@@ -96,6 +103,21 @@ class Cluster:
     def kill_node(self, ip: str) -> None:
         """SIGKILL every process of the node at once (its namespace), as a vanished spot machine."""
         self.nodes.pop(ip).stop()
+
+    def stop_node(self, ip: str, cwd: Path) -> None:
+        """Stop a worker node the way a drained machine goes (SIGTERM: Ray tells the head), and wait
+        until the head no longer lists it as alive."""
+        node = self.nodes.pop(ip)
+        os.killpg(node.proc.pid, signal.SIGTERM)
+        try:
+            node.proc.wait(60)
+        except Exception:  # noqa: BLE001 - then at once
+            pass
+        node.stop()
+        probe = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
+                 "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))" % self.gcs)
+        wait_for(lambda: ip not in self.run([sys.executable, "-c", probe], cwd=cwd, timeout=120).stdout, 120,
+                 f"the head to see node {ip} gone", interval=2)
 
     def stop(self) -> None:
         for node in [*self.nodes.values(), *self.others, *([self.s3] if self.s3 else [])]:
@@ -114,7 +136,7 @@ class Cluster:
     def read(self, key: str) -> bytes:
         return self.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
-    def search(self, tmp_path: Path, name: str, *args: str, trials: int = 4) -> list[str]:
+    def search(self, tmp_path: Path, name: str, *args: str, trials: int = 4, epochs: int = EPOCHS) -> list[str]:
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({
             "metric": "val_loss", "mode": "min", "seed": 0, "n_startup_trials": 2,
@@ -126,7 +148,7 @@ class Cluster:
                 "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=6",
                 "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
                 f"data.cache_dir={self.tmp}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
-                f"train.epochs={EPOCHS}", "train.threads=1", f"tracking.uri={self.tracking_uri}",
+                f"train.epochs={epochs}", "train.threads=1", f"tracking.uri={self.tracking_uri}",
                 "tracking.experiment=multinode"]
 
     def run(self, argv: list[str], cwd: Path, timeout: float = 600):
@@ -163,7 +185,8 @@ def cluster():
         made.stop()
         import shutil
 
-        shutil.rmtree(made.tmp, ignore_errors=True)
+        if not os.environ.get("KEEP_MN"):
+            shutil.rmtree(made.tmp, ignore_errors=True)
 
 
 def _study_runs(cluster: Cluster, study: str):
@@ -173,16 +196,18 @@ def _study_runs(cluster: Cluster, study: str):
     return client, experiment, parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-def _local_leftovers(cluster: Cluster, tmp_path: Path, study: str) -> list[str]:
+def _local_leftovers(cluster: Cluster, tmp_path: Path, study: str, away: str | None = None) -> list[str]:
     """What the study left on the nodes' disks: checkpoint files anywhere in their temp and home
     folders or the driver's folder, Ray's local results folder, the trials' working folders."""
     import tempfile
 
-    left = [str(p) for base in (cluster.tmp, tmp_path) for p in base.rglob("*.pt")]
+    left = [str(p) for base in (cluster.tmp, tmp_path) for p in base.rglob("*.pt") if f"/{study}" in str(p)]
     left += [str(p) for p in (cluster.tmp / "home" / "ray_results").glob(f"{study}*")]
-    left += [str(p) for p in (Path(tempfile.gettempdir()) / "adastft-trials").glob(f"{study}-*")]
+    for tmp in [Path(tempfile.gettempdir()), *(cluster.node_tmp(ip) for ip in ("127.0.0.1", *WORKERS))]:
+        left += [str(p) for p in (tmp / "adastft-trials").glob(f"{study}-*")]
     left += [str(p) for p in (Path(tempfile.gettempdir()) / "adastft-studies").glob(f"{study}-*")]
-    return left
+    # a node that was away when the study ended keeps the working copy of the trial it was running
+    return [p for p in left if away is None or not p.startswith(f"{cluster.node_tmp(away)}/")]
 
 
 def test_a_study_spreads_over_two_workers_and_keeps_everything_in_s3(cluster, tmp_path):
@@ -227,54 +252,64 @@ def test_a_study_spreads_over_two_workers_and_keeps_everything_in_s3(cluster, tm
     assert not _local_leftovers(cluster, tmp_path, "spread")
 
 
-def _trial_on(cluster: Cluster, study: str, node: str, checkpointed: bool = True) -> str | None:
-    """A trial of ``study`` whose latest result came from ``node`` and that has more epochs to go
-    (and, with ``checkpointed``, a checkpoint in storage): its folder name."""
+LOST_EPOCHS = 6
+
+
+def _victim(cluster: Cluster, study: str, node: str) -> str | None:
+    """A trial of ``study`` whose latest result came from ``node``, with a checkpoint in storage
+    and at least 4 epochs to go: its folder name."""
     keys = cluster.keys(f"tune/{study}/")
     for folder, results in cluster.results(study).items():
-        if results and results[-1]["node_ip"] == node and results[-1]["training_iteration"] < EPOCHS:
-            if not checkpointed or any(k.startswith(f"tune/{study}/{folder}/checkpoint_") for k in keys):
+        if results and results[-1]["node_ip"] == node and results[-1]["training_iteration"] <= LOST_EPOCHS - 4:
+            if any(k.startswith(f"tune/{study}/{folder}/checkpoint_") for k in keys):
                 return folder
     return None
 
 
 def test_a_lost_worker_node_costs_one_retry_and_a_resumed_study_uses_it_again(cluster, tmp_path):
-    """Spot preemption: every process of a worker node is killed while its trial is mid-epoch."""
-    # 6 trials: when the victim has finished (the survivor runs one trial at a time), at most 3
-    # have, so the resumed study has at least 2 to run at once, one on each worker.
-    argv = cluster.search(tmp_path, "lost", "--max-failures", "2", trials=6)
+    """Spot preemption: every process of a worker node is killed while its trial is mid-epoch.
+
+    The trial is retried on the other worker from its last checkpoint in S3. While it is still
+    training there, the driver dies too and the other worker goes away; the lost node comes back,
+    and the resumed study finishes the trial on it, from S3 again."""
+    argv = cluster.search(tmp_path, "lost", "--max-failures", "2", epochs=LOST_EPOCHS)
     driver = cluster.start_driver(argv, tmp_path)
     victim_node, survivor = WORKERS[1], WORKERS[0]
+    log = lambda: (tmp_path / "driver.log").read_text()[-3000:]  # noqa: E731
     try:
-        # The victim's trial has reported an epoch, and its checkpoint is in S3 (Tune uploads the
-        # result after the checkpoint): it is now training its next epoch.
-        victim = wait_for(lambda: _trial_on(cluster, "lost", victim_node), 300, f"a checkpointed trial on {victim_node}",
-                          interval=0.2, on_fail=lambda: (tmp_path / "driver.log").read_text()[-3000:])
-        epochs_before = len(cluster.results("lost")[victim])
+        # The victim has reported an epoch and its checkpoint is in S3 (Tune uploads the result
+        # after the checkpoint): it is training its next epoch, 4 or more still to go.
+        victim = wait_for(lambda: _victim(cluster, "lost", victim_node), 300, f"a checkpointed trial on {victim_node}",
+                          interval=0.2, on_fail=log)
+        done_before = cluster.results("lost")[victim][-1]["training_iteration"]
         cluster.kill_node(victim_node)
 
-        # Ray notices the node is gone, the trial fails and is retried on the survivor, from its
-        # last checkpoint in S3; once it has finished there, the driver goes too.
-        wait_for(lambda: (r := cluster.results("lost").get(victim)) and r[-1]["node_ip"] == survivor
-                 and r[-1]["training_iteration"] == EPOCHS, 400, "the victim trial to finish on the other worker",
-                 on_fail=lambda: (tmp_path / "driver.log").read_text()[-3000:])
-        resumed_at = [r["training_iteration"] for r in cluster.results("lost")[victim]]
-        assert resumed_at[:epochs_before] == list(range(1, epochs_before + 1))
-        # the retry continued from a checkpoint (not epoch 1); at most the epoch in flight is redone
-        assert sorted(set(resumed_at)) == list(range(1, EPOCHS + 1)), resumed_at
-        assert len(resumed_at) <= EPOCHS + 1, resumed_at
-        os.killpg(driver.pid, signal.SIGKILL)  # the study is interrupted too
+        # Ray notices the node is gone, the trial fails and is retried on the survivor from its
+        # last checkpoint in S3 (its epochs go on from there: not from 1).
+        retried = wait_for(lambda: (r := cluster.results("lost").get(victim)) and r[-1]["node_ip"] == survivor and r,
+                           400, "the victim trial to go on on the other worker", interval=0.2, on_fail=log)
+        assert [r["training_iteration"] for r in retried] == list(range(1, len(retried) + 1)), retried
+        assert done_before < retried[-1]["training_iteration"] < LOST_EPOCHS, (done_before, retried)
+        os.killpg(driver.pid, signal.SIGKILL)  # the study is interrupted mid-trial
         driver.wait(30)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
 
-    # The node comes back, and the resumed study runs its remaining trials on both workers.
+    # The other worker goes, the lost node comes back: the resumed study can only run there.
+    cluster.stop_node(survivor, tmp_path)
     cluster.start_worker(victim_node)
-    proc = cluster.run(cluster.search(tmp_path, "lost", "--max-failures", "2", "--resume", trials=6), cwd=tmp_path)
+    try:
+        proc = cluster.run(cluster.search(tmp_path, "lost", "--max-failures", "2", "--resume", epochs=LOST_EPOCHS),
+                           cwd=tmp_path)
+    finally:
+        cluster.start_worker(survivor)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     table = cluster.table("lost")
-    assert victim_node in set(table["node"]), table[["trial_id", "node"]]
+    victim_id = victim.split("_")[2]
+    assert table.set_index("trial_id").loc[victim_id, "node"] == victim_node, table[["trial_id", "node"]]
+    steps = [r["training_iteration"] for r in cluster.results("lost")[victim]]
+    assert sorted(set(steps)) == list(range(1, LOST_EPOCHS + 1)) and len(steps) <= LOST_EPOCHS + 2, steps
 
     # Exactly the requested trials, each ended in Optuna; MLflow's runs all closed.
     import optuna
@@ -284,18 +319,49 @@ def test_a_lost_worker_node_costs_one_retry_and_a_resumed_study_uses_it_again(cl
     (study_dir / "optuna.db").write_bytes(cluster.read("tune/lost/study/optuna.db"))
     trials = optuna.load_study(study_name="lost", storage=f"sqlite:///{study_dir}/optuna.db").get_trials()
     states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") + states.count("PRUNED") == 6 and "RUNNING" not in states, states
+    assert states.count("COMPLETE") + states.count("PRUNED") == 4 and "RUNNING" not in states, states
     client, _, parent, children = _study_runs(cluster, "lost")
     assert parent.info.status == "FINISHED"
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}, [
         (r.data.tags.get("tune_trial_id"), r.info.status, r.data.tags.get("failure")) for r in children]
-    victim_id = victim.split("_")[2]
     (victim_run,) = [r for r in children if r.data.tags["tune_trial_id"] == victim_id]
     assert victim_run.info.status == "FINISHED"
     for run in children:  # every epoch once in each run; one logged twice only if tagged as redone
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         if run.info.status == "FINISHED":
-            assert sorted(set(steps)) == list(range(EPOCHS)), steps
+            assert sorted(set(steps)) == list(range(LOST_EPOCHS)), steps
         twice = sorted({s for s in steps if steps.count(s) > 1})
         assert run.data.tags.get("redone_epochs", "") == ",".join(map(str, twice)), (steps, run.data.tags)
-    assert not _local_leftovers(cluster, tmp_path, "lost")
+    assert not _local_leftovers(cluster, tmp_path, "lost", away=survivor)
+
+
+def test_storage_unreachable_for_20_s_mid_study_is_ridden_out(cluster, tmp_path):
+    """The S3 server frozen (SIGSTOP) for 20 s while trials are mid-study: its requests hang, as
+    when a store stops answering. The search's S3 filesystem waits and retries (up to 10 requests
+    of 30 s), so checkpoint uploads and the driver's snapshots are late, not lost: no trial fails,
+    no retry is spent, every epoch is there once."""
+    driver = cluster.start_driver(cluster.search(tmp_path, "outage", trials=2), tmp_path)
+    try:
+        wait_for(lambda: any(r and r[-1]["training_iteration"] < EPOCHS for r in cluster.results("outage").values())
+                 and any(k.rsplit("/", 2)[-2].startswith("checkpoint_") for k in cluster.keys("tune/outage/")),
+                 300, "a trial mid-study with a checkpoint in S3", interval=0.2,
+                 on_fail=lambda: (tmp_path / "driver.log").read_text()[-3000:])
+        os.killpg(cluster.s3.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(20)
+        finally:
+            os.killpg(cluster.s3.proc.pid, signal.SIGCONT)
+        assert driver.wait(600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = (tmp_path / "driver.log").read_text()
+    assert "Trial status: 2 TERMINATED" in log and "ERROR" not in log.split("Trial status")[-1], log[-3000:]
+    for folder, results in cluster.results("outage").items():
+        assert [r["training_iteration"] for r in results] == list(range(1, EPOCHS + 1)), (folder, results)
+    client, _, parent, children = _study_runs(cluster, "outage")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == list(range(EPOCHS))
+    assert not _local_leftovers(cluster, tmp_path, "outage")

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from tune.optuna_search import epochs_done
+from tune.study_dir import storage_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def checkpoint_root(checkpoint, metrics: Mapping[str, Any] | None, storage: str)
     path = (metrics or {}).get(DDP_CHECKPOINT_PATH)
     if not path:
         return None
-    fs, _ = pafs.FileSystem.from_uri(storage)
+    fs = storage_filesystem(storage)[1] or pafs.FileSystem.from_uri(storage)[0]
     return fs, posixpath.dirname(str(path).rstrip("/"))
 
 

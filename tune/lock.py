@@ -26,10 +26,13 @@ class StudyLock:
     def __init__(self, exp_dir: Path) -> None:
         self.path = Path(exp_dir) / LOCK_FILE
         self._fd: int | None = None
+        self._made: list[Path] = []
 
     def acquire(self, study: str) -> "StudyLock":
         """Take the lock, or raise :class:`SearchError` naming the driver that holds it."""
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing  # the folders this lock made: gone again if the study never begins
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -45,9 +48,19 @@ class StudyLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        # A study refused after Ray started (a cluster check) wrote nothing but this lock: leave no
+        # folder behind, or its name would look taken (and the results folder made).
+        if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink(missing_ok=True)
+            for folder in self._made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
 
 
 def _describe(raw: bytes) -> str:

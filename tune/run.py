@@ -29,7 +29,7 @@ from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.settings import (ROOT, SearchError, check_cluster, cluster_resources, launcher_capacity, plan_resources,
                            run_on_nodes)
 from tune.space import SchedulerSpec, SearchSpec
-from tune.study_dir import STATE_FILE, StudyDir
+from tune.study_dir import STATE_FILE, StudyDir, storage_filesystem
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, trial_table
 from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
 from tune.summary import log_time
@@ -190,11 +190,13 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
               f"scheduler {sched.type}, results in {storage}/{args.name}"
               + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
 
-        exp_path = f"{storage}/{args.name}"
-        restoring = args.resume and tune.Tuner.can_restore(exp_path)
+        storage_path, storage_fs = storage_filesystem(storage)  # s3://: one that rides out an outage
+        exp_path = f"{storage_path}/{args.name}"
+        restoring = args.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
         if args.resume:
             # Runs a dead driver's trials left RUNNING: closed now; a trial Tune resumes reopens its own.
-            known = {t.trial_id for t in tune.ExperimentAnalysis(exp_path).trials} if restoring else set()
+            known = ({t.trial_id for t in tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials}
+                     if restoring else set())
             _close_running_children(study_info, "interrupted", known)
         fn = run_trial if plan["workers"] == 1 else run_ddp_trial
         resources = ({"cpu": plan["cpus"], "gpu": plan["gpus"], **args.trial_resources} if plan["workers"] == 1
@@ -206,7 +208,7 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         if study_dir.remote:
             callbacks.append(StudySync(study_dir))
         run_config = tune.RunConfig(
-            name=args.name, storage_path=storage, verbose=1,
+            name=args.name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=1,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             # One full state per epoch (see tune/checkpoints.py); Tune keeps the best epoch's and
             # the latest, and the latest is what a retry resumes from.
@@ -215,7 +217,8 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
             callbacks=callbacks,
         )
         if restoring:
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True,
+                                       storage_filesystem=storage_fs)
         else:
             searcher = PrunedAwareOptunaSearch(
                 space=spec.define_by_run(), metric=spec.metric, mode=spec.mode,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from tune.lock import LOCK_FILE
 from tune.settings import REMOTE_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,28 @@ def is_remote(storage: str) -> bool:
     return storage.startswith(REMOTE_SCHEMES)
 
 
+# How long a write to S3 rides out an unreachable store before it fails: each request waits up to
+# 30 s, 10 attempts with the SDK's standard backoff, so several minutes.
+S3_REQUEST_TIMEOUT_S, S3_ATTEMPTS = 30.0, 10
+
+
+def storage_filesystem(storage: str) -> tuple[str, pafs.FileSystem | None]:
+    """``(path, filesystem)`` to hand Ray for ``--storage``: for ``s3://`` a pyarrow S3 filesystem
+    that retries through an outage (the default one gives up after about 10 s, and a checkpoint
+    upload that fails fails its trial), in the bucket's region and at ``AWS_ENDPOINT_URL[_S3]``
+    when set (an S3-compatible store); else ``(storage, None)``, Ray's own choice."""
+    if not storage.startswith("s3://"):
+        return storage, None
+    import os
+
+    found, path = pafs.FileSystem.from_uri(storage)  # resolves the bucket's region
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    fs = pafs.S3FileSystem(region=found.region, endpoint_override=endpoint, connect_timeout=10.0,
+                           request_timeout=S3_REQUEST_TIMEOUT_S,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+    return path, fs
+
+
 class StudyDir:
     """Where the study's small files are, and their copy in object storage."""
 
@@ -43,7 +66,10 @@ class StudyDir:
         if self.remote:
             key = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:8]
             self.path = Path(tempfile.gettempdir()) / "adastft-studies" / f"{name}-{key}"
-            self._fs, root = pafs.FileSystem.from_uri(f"{storage}/{name}")
+            root, self._fs = storage_filesystem(storage)
+            root = posixpath.join(root, name) if self._fs is not None else root
+            if self._fs is None:  # other object stores: pyarrow's defaults
+                self._fs, root = pafs.FileSystem.from_uri(f"{storage}/{name}")
             self._remote = posixpath.join(root, REMOTE_FOLDER)
             self._study_root = root
         else:
@@ -56,7 +82,9 @@ class StudyDir:
     def exists(self) -> bool:
         """Whether a study of this name is already in the storage."""
         if not self.remote:
-            return self.path.exists()
+            # a folder holding only the lock of a driver that stopped before the study began
+            # (refused after Ray started) is no study
+            return self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir())
         info = self._fs.get_file_info(self._study_root)
         return info.type != pafs.FileType.NotFound
 

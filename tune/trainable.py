@@ -24,6 +24,7 @@ from adastft.config import Config
 from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
 from tune import checkpoints
+from tune.study_dir import storage_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
     resources = {"CPU": study["cpus_per_worker"] * 0.99, **study.get("custom_resources", {})}
     if use_gpu:
         resources["GPU"] = study["gpus_per_worker"]
+    storage_path, storage_fs = storage_filesystem(study["storage_path"])
     trainer = TorchTrainer(
         _ddp_worker,
         train_loop_config={"cfg": cfg.to_dict(), "study": study, "trial_id": trial_id},
@@ -285,7 +287,8 @@ def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=f"ddp-{trial_id}",  # the same name on a retry: Ray Train restores its own checkpoint
-            storage_path=f"{study['storage_path']}/{study['name']}",  # inside the study's folder
+            storage_path=f"{storage_path}/{study['name']}",  # inside the study's folder
+            storage_filesystem=storage_fs,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
             # as for one-process trials: the best epoch's checkpoint and the latest
