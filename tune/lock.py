@@ -47,6 +47,23 @@ class StudyLock:
         self._fd = fd
         return self
 
+    def check_free(self, study: str) -> None:
+        """Raise :class:`SearchError` naming the driver that holds this study's lock, if one does.
+
+        A probe that changes nothing: checked before anything else about the study, so that a
+        second driver is told a study is running even while its folder holds nothing but the lock."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchError(f"study {study!r} is being run by another driver ({_describe(os.pread(fd, 4096, 0))}): "
+                              "wait for it to end, or stop it and then --resume") from None
+        finally:
+            os.close(fd)  # closing releases the probe's shared lock
+
     def release(self) -> None:
         if self._fd is None:
             return

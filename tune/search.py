@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise SearchError(f"--storage {storage}: cannot reach it ({str(exc).strip().splitlines()[0]})") from None
         exp_dir_local = None if study_dir.remote else study_dir.path
+        if exp_dir_local is not None:  # a running driver is named first, even before its study has files
+            StudyLock(exp_dir_local).check_free(args.name)
         if exists and not args.resume:
             raise SearchError(f"study {args.name!r} already exists in {storage}: add --resume to continue it, "
                               "or pick another --name")
