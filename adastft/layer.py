@@ -190,16 +190,13 @@ class AdaSTFT(nn.Module):
                 spec = AFN.power_spectrogram_fft(
                     x, self.window, self.n_fft, self.hop_length, self.center, self.pad_mode, self.power
                 )  # (B, F, T)
-                if self.mel_fb is not None:
-                    spec = torch.matmul(self.mel_fb.t(), spec)  # (B, M, T)
             else:
-                spec = AFN.power_spectrogram_matmul(
+                spec = AFN.power_spectrogram_kernel(
                     x, self.window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode,
                     self.power,
-                )  # (B, T, F)
-                if self.mel_fb is not None:
-                    spec = torch.matmul(spec, self.mel_fb)  # (B, T, M)
-                spec = spec.transpose(1, 2)  # (B, M, T)
+                )  # (B, F, T)
+            if self.mel_fb is not None:
+                spec = torch.matmul(self.mel_fb.t(), spec)  # (B, M, T)
             spec = AFN.compress(spec, self.compression, self.power, self.log_gain)
         return spec.reshape(*lead, *spec.shape[-2:])
 

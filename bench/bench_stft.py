@@ -112,8 +112,8 @@ def build_cases(device: torch.device) -> dict[str, Callable[[], None]]:
     except ImportError:
         print("nnAudio is not installed (pip install -e '.[bench]'); its row is skipped", file=sys.stderr)
 
-    cases["AdaSTFT learn kernel (matmul path)"] = _adastft_case(device, x, 2.0, window=False, kernel=True)
-    cases["p1: AdaSTFT learn kernel (matmul path)"] = _adastft_case(device, x, 1.0, window=False, kernel=True)
+    cases["AdaSTFT learn kernel (kernel path)"] = _adastft_case(device, x, 2.0, window=False, kernel=True)
+    cases["p1: AdaSTFT learn kernel (kernel path)"] = _adastft_case(device, x, 1.0, window=False, kernel=True)
     cases["AdaSTFT learn window + kernel"] = _adastft_case(device, x, 2.0, window=True, kernel=True)
 
     n_frames = 1 + (x.shape[-1] + 2 * (N_FFT // 2) - N_FFT) // HOP
@@ -181,17 +181,17 @@ def main() -> None:
     ratios = [
         ("window learning / torch.stft learnable window", "AdaSTFT learn window (FFT path)",
          "torch.stft + learnable window + mel", 1.2),
-        ("kernel learning / nnAudio trainable STFT", "AdaSTFT learn kernel (matmul path)",
+        ("kernel learning / nnAudio trainable STFT", "AdaSTFT learn kernel (kernel path)",
          "nnAudio STFT trainable + mel", 1.0),
-        ("kernel learning / bare matmul", "AdaSTFT learn kernel (matmul path)",
+        ("kernel learning / bare matmul", "AdaSTFT learn kernel (kernel path)",
          "bare matmul (B*T, N) x (N, 2F), fwd+bwd", 1.3),
         ("window+kernel learning / bare matmul", "AdaSTFT learn window + kernel",
          "bare matmul (B*T, N) x (N, 2F), fwd+bwd", None),
         ("original conv2d style / AdaSTFT kernel learning", "original style: conv2d on real kernels + mel",
-         "AdaSTFT learn kernel (matmul path)", None),
+         "AdaSTFT learn kernel (kernel path)", None),
         ("power 1: window learning / torch.stft(...).abs()", "p1: AdaSTFT learn window (FFT path)",
          "p1: torch.stft(...).abs() + learnable window + mel", 1.2),
-        ("power 1: kernel learning / nnAudio Magnitude", "p1: AdaSTFT learn kernel (matmul path)",
+        ("power 1: kernel learning / nnAudio Magnitude", "p1: AdaSTFT learn kernel (kernel path)",
          "p1: nnAudio STFT trainable Magnitude + mel", 1.0),
     ]
     width = max(len(r[0]) for r in ratios) + 2

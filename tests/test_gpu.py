@@ -22,7 +22,7 @@ from adastft import AdaSTFT
 from adastft.checkpoint import load_checkpoint
 from adastft.config import Config
 from adastft.training import build_model, train
-from test_layer import CASES, _WINDOW_FNS, _assert_rel_close, _force_matmul, _signal
+from test_layer import CASES, _WINDOW_FNS, _assert_rel_close, _force_kernel_path, _signal
 from test_search import child_runs, run_search, space_file, tiny
 from test_training import small_config
 
@@ -35,15 +35,15 @@ def needs_cuda(test):
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", ["fft", "matmul"])
+@pytest.mark.parametrize("path", ["fft", "kernel"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_layer_equals_torchaudio_on_cuda_and_stays_float32_under_autocast(case, path):
     args = dict(case)
     window = args.pop("window", "hann")
     reference = torchaudio.transforms.MelSpectrogram(sample_rate=16000, window_fn=_WINDOW_FNS[window], **args).cuda()
     layer = AdaSTFT(sample_rate=16000, window=window, **args).cuda()
-    if path == "matmul":
-        _force_matmul(layer)
+    if path == "kernel":
+        _force_kernel_path(layer)
     x = _signal().cuda()
     with torch.no_grad():
         expected = reference(x)

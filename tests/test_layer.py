@@ -29,8 +29,8 @@ def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float 
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
 
 
-def _force_matmul(layer: AdaSTFT) -> AdaSTFT:
-    """The kernel learns, so the layer must take the matrix-product path."""
+def _force_kernel_path(layer: AdaSTFT) -> AdaSTFT:
+    """The kernel learns, so the layer must take the kernel (convolution) path."""
     layer.set_learning(kernel=True)
     assert not layer.uses_fft()
     return layer
@@ -50,15 +50,15 @@ _WINDOW_FNS = {
 }
 
 
-@pytest.mark.parametrize("path", ["fft", "matmul"])
+@pytest.mark.parametrize("path", ["fft", "kernel"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_equals_torchaudio_melspectrogram_at_init(case, path):
     args = dict(case)
     window = args.pop("window", "hann")
     reference = torchaudio.transforms.MelSpectrogram(sample_rate=16000, window_fn=_WINDOW_FNS[window], **args)
     layer = AdaSTFT(sample_rate=16000, window=window, **args)
-    if path == "matmul":
-        _force_matmul(layer)
+    if path == "kernel":
+        _force_kernel_path(layer)
     else:
         assert layer.uses_fft()
     x = _signal()
@@ -66,12 +66,12 @@ def test_equals_torchaudio_melspectrogram_at_init(case, path):
         _assert_rel_close(layer(x), reference(x))
 
 
-@pytest.mark.parametrize("path", ["fft", "matmul"])
+@pytest.mark.parametrize("path", ["fft", "kernel"])
 @pytest.mark.parametrize("n_fft,hop,win,center", [(512, 128, 512, True), (256, 64, 200, False), (1024, 256, 1024, True)])
 def test_linear_spectrogram_equals_torch_stft_magnitude(path, n_fft, hop, win, center):
     layer = AdaSTFT(n_fft=n_fft, hop_length=hop, win_length=win, n_mels=None, power=1.0, center=center)
-    if path == "matmul":
-        _force_matmul(layer)
+    if path == "kernel":
+        _force_kernel_path(layer)
     x = _signal()
     expected = torch.stft(x, n_fft, hop, win, torch.hann_window(win), center=center, return_complex=True).abs()
     with torch.no_grad():
