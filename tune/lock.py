@@ -69,7 +69,8 @@ class StudyLock:
             return
         # A study refused after Ray started (a cluster check) wrote nothing but this lock: leave no
         # folder behind, or its name would look taken (and the results folder made).
-        if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+        left = [p.name for p in self.path.parent.iterdir()] if self.path.parent.is_dir() else None  # None: removed
+        if left == [LOCK_FILE]:
             self.path.unlink(missing_ok=True)
             for folder in self._made:
                 try:

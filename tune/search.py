@@ -122,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         storage = storage_root(args.storage, cwd)
         check_storage(storage)
         study_dir = StudyDir(storage, args.name)
+        # A running driver is named first, even before its study has files. A study in object
+        # storage is locked in its working copy on this machine: two drivers on one machine are
+        # refused; object storage offers no lock that two machines could share through pyarrow.
+        StudyLock(study_dir.path).check_free(args.name)
         try:
             exists = study_dir.exists()
         except OSError as exc:
             raise SearchError(f"--storage {storage}: cannot reach it ({str(exc).strip().splitlines()[0]})") from None
         exp_dir_local = None if study_dir.remote else study_dir.path
-        if exp_dir_local is not None:  # a running driver is named first, even before its study has files
-            StudyLock(exp_dir_local).check_free(args.name)
         if exists and not args.resume:
             raise SearchError(f"study {args.name!r} already exists in {storage}: add --resume to continue it, "
                               "or pick another --name")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError) as exc:
                 raise SearchError(f"--address {args.address}: no Ray cluster answers there ({exc})") from None
         # last: a new study's folder is made here, to hold its lock (tune/lock.py)
-        lock = StudyLock(exp_dir_local).acquire(args.name) if exp_dir_local is not None else None
+        lock = StudyLock(study_dir.path).acquire(args.name)
     except (ConfigError, SearchError, TrackingUnavailable) as exc:
         print(f"search: error: {exc}", file=sys.stderr)
         return 2

@@ -40,20 +40,21 @@ def is_remote(storage: str) -> bool:
 S3_REQUEST_TIMEOUT_S, S3_ATTEMPTS = 30.0, 10
 
 
-def storage_filesystem(storage: str) -> tuple[str, pafs.FileSystem | None]:
+def storage_filesystem(storage: str, attempts: int = 0) -> tuple[str, pafs.FileSystem | None]:
     """``(path, filesystem)`` to hand Ray for ``--storage``: for ``s3://`` a pyarrow S3 filesystem
     that retries through an outage (the default one gives up after about 10 s, and a checkpoint
     upload that fails fails its trial), in the bucket's region and at ``AWS_ENDPOINT_URL[_S3]``
-    when set (an S3-compatible store); else ``(storage, None)``, Ray's own choice."""
+    when set (an S3-compatible store); else ``(storage, None)``, Ray's own choice. ``attempts``: a
+    quick probe's few tries (the check before the study starts) instead of riding out an outage."""
     if not storage.startswith("s3://"):
         return storage, None
     import os
 
     found, path = pafs.FileSystem.from_uri(storage)  # resolves the bucket's region
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    fs = pafs.S3FileSystem(region=found.region, endpoint_override=endpoint, connect_timeout=10.0,
-                           request_timeout=S3_REQUEST_TIMEOUT_S,
-                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+    fs = pafs.S3FileSystem(region=found.region, endpoint_override=endpoint, connect_timeout=5.0 if attempts else 10.0,
+                           request_timeout=10.0 if attempts else S3_REQUEST_TIMEOUT_S,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts or S3_ATTEMPTS))
     return path, fs
 
 
@@ -66,14 +67,32 @@ class StudyDir:
         if self.remote:
             key = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:8]
             self.path = Path(tempfile.gettempdir()) / "adastft-studies" / f"{name}-{key}"
-            root, self._fs = storage_filesystem(storage)
-            root = posixpath.join(root, name) if self._fs is not None else root
-            if self._fs is None:  # other object stores: pyarrow's defaults
-                self._fs, root = pafs.FileSystem.from_uri(f"{storage}/{name}")
-            self._remote = posixpath.join(root, REMOTE_FOLDER)
-            self._study_root = root
         else:
             self.path = Path(storage) / name
+        self._connection: tuple[pafs.FileSystem, str] | None = None  # made on first use: it asks the network
+
+    def _connect(self) -> tuple[pafs.FileSystem, str]:
+        """The object store's filesystem and the study's root in it."""
+        if self._connection is None:
+            root, fs = storage_filesystem(self.storage)
+            if fs is None:  # other object stores: pyarrow's defaults
+                fs, root = pafs.FileSystem.from_uri(f"{self.storage}/{self.name}")
+            else:
+                root = posixpath.join(root, self.name)
+            self._connection = (fs, root)
+        return self._connection
+
+    @property
+    def _fs(self) -> pafs.FileSystem:
+        return self._connect()[0]
+
+    @property
+    def _study_root(self) -> str:
+        return self._connect()[1]
+
+    @property
+    def _remote(self) -> str:
+        return posixpath.join(self._study_root, REMOTE_FOLDER)
 
     def location(self, relative: str) -> str:
         """Where a user finds one of the study's files once the driver is done."""
@@ -85,7 +104,9 @@ class StudyDir:
             # a folder holding only the lock of a driver that stopped before the study began
             # (refused after Ray started) is no study
             return self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir())
-        info = self._fs.get_file_info(self._study_root)
+        # a probe with few tries: an unreachable store is told in seconds, before Ray starts
+        probe = storage_filesystem(self.storage, attempts=2)[1] or self._fs
+        info = probe.get_file_info(self._study_root)  # (its root is the same for both)
         return info.type != pafs.FileType.NotFound
 
     def pull(self) -> None:
@@ -111,6 +132,8 @@ class StudyDir:
                 staged = Path(tmp) / "study"
                 staged.mkdir()
                 for item in self.path.iterdir():
+                    if item.name == LOCK_FILE:  # this machine's lock: means nothing elsewhere
+                        continue
                     if item.name == OPTUNA_FILE:
                         _sqlite_snapshot(item, staged / OPTUNA_FILE)
                     elif item.is_file():

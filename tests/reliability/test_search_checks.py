@@ -4,6 +4,8 @@ really reports.
 
 - A study's lock (``tune/lock.py``) is held by a live driver and refused to a second one; a
   driver killed with SIGKILL leaves the file, and its lock is taken over by the next driver.
+- An object store that does not answer (``--storage s3://...`` at a closed endpoint) is one line
+  within seconds, before Ray starts, not the minutes of retries the study itself rides out.
 - ``adastft.training.EPOCH_METRICS`` (what ``search.metric`` is checked against) equals what
   ``train`` reports every epoch, so the check never refuses a metric that exists nor accepts one
   that does not.
@@ -16,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,6 +64,60 @@ def test_a_running_drivers_lock_is_refused_and_a_dead_ones_taken_over(tmp_path, 
     lock.release()
     case.fault(survived=not problems)
     assert not problems, "\n".join(problems)
+
+
+def test_an_object_store_that_does_not_answer_is_one_line_before_ray_starts(tmp_path, faults):
+    import socket
+
+    case = faults("--storage s3:// whose endpoint does not answer")
+    with socket.socket() as s:  # a port nothing listens on: the S3 endpoint is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--storage", "s3://adastft-check/tune",
+                           "--name", "unreachable", "--trials", "1", "experiment=quickstart",
+                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                          cwd=tmp_path, env=env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test",
+                                                AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"),
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    problems = []
+    if proc.returncode != 2 or not lines or not lines[-1].startswith(
+            "search: error: --storage s3://adastft-check/tune: cannot reach it"):
+        problems.append(f"rc {proc.returncode}, last line {lines[-1:]}")
+    if "Ray" in proc.stdout + proc.stderr:
+        problems.append("Ray started before the storage was checked")
+    if seconds > 30:
+        problems.append(f"the refusal took {seconds:.0f} s")
+    if any(tmp_path.iterdir()):
+        problems.append(f"left files: {sorted(p.name for p in tmp_path.iterdir())}")
+    case.fault(survived=not problems, note=f"detail: {seconds:.1f} s")
+    assert not problems, "\n".join(problems) + "\n" + proc.stderr[-2000:]
+
+
+def test_a_second_driver_of_a_study_in_object_storage_on_one_machine_is_refused(tmp_path, faults):
+    """The lock of a study in object storage is in its working copy on this machine (no S3 server
+    is needed: the refusal comes before the storage is asked anything)."""
+    from tune.lock import StudyLock
+    from tune.study_dir import StudyDir
+
+    case = faults("a second driver of an s3:// study on the same machine")
+    working_copy = StudyDir("s3://adastft-check/tune", "held").path
+    lock = StudyLock(working_copy).acquire("held")
+    try:
+        proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--storage", "s3://adastft-check/tune",
+                               "--name", "held", "--resume", "experiment=quickstart",
+                               f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                              cwd=tmp_path, env=env(AWS_ENDPOINT_URL="http://127.0.0.1:9"), capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        lock.release()
+    last = proc.stderr.strip().splitlines()[-1:]
+    survived = proc.returncode == 2 and f"another driver (pid {os.getpid()} on host" in "".join(last)
+    case.fault(survived=survived and not working_copy.exists())
+    assert survived, proc.stderr[-2000:]
+    assert not working_copy.exists(), "the lock's folder stayed"
 
 
 class Recorder:
