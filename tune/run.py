@@ -43,13 +43,18 @@ def _start_ray(address: str | None, verbose: bool) -> None:
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         if key in os.environ:
             env[key] = os.environ[key]
-    ray.init(
-        address=address,
-        include_dashboard=False if address is None else None,
-        log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        runtime_env={"env_vars": env},
-    )
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False if address is None else None,
+            log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            runtime_env={"env_vars": env},
+        )
+    except ConnectionError as exc:  # --address auto (or RAY_ADDRESS) with no cluster on this machine
+        raise SearchError(f"--address {address or os.environ.get('RAY_ADDRESS')}: no Ray cluster to connect to "
+                          f"({str(exc).splitlines()[0]}); start one with `ray start --head`, or leave --address "
+                          "out for a Ray of this process") from None
 
 
 def _custom_resource_slots(wanted: dict[str, float], workers: int) -> int:

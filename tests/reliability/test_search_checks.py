@@ -120,6 +120,22 @@ def test_a_second_driver_of_a_study_in_object_storage_on_one_machine_is_refused(
     assert not working_copy.exists(), "the lock's folder stayed"
 
 
+def test_address_auto_with_no_cluster_is_one_line(tmp_path, faults):
+    """``--address auto`` finds clusters through Ray's temp folder: an empty one of its own
+    (RAY_TMPDIR) makes sure no other Ray on this machine answers."""
+    case = faults("--address auto with no Ray cluster on the machine")
+    (tmp_path / "ray").mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--address", "auto", "--trials", "1",
+                           "experiment=quickstart", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                          cwd=tmp_path, env=env(RAY_TMPDIR=str(tmp_path / "ray")), capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    survived = (proc.returncode == 2 and lines[-1].startswith("search: error: --address auto: no Ray cluster")
+                and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists())
+    case.fault(survived=survived)
+    assert survived, proc.stderr[-3000:]
+
+
 class Recorder:
     def __init__(self) -> None:
         self.reports: list[dict] = []
