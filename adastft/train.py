@@ -183,6 +183,10 @@ def main() -> None:
         except ConfigError as exc:
             print(f"adastft.train: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        from adastft.advice import advice
+
+        for line in advice(cfg):
+            print(f"adastft.train: warning: {line}", file=sys.stderr)
         try:
             metrics = train(cfg)
         except NonFiniteLoss as exc:

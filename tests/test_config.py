@@ -141,3 +141,40 @@ def test_library_sources_do_not_mention_ray_or_hydra_imports():
                 pytest.fail(f"{path} imports Ray: {stripped}")
             if stripped.startswith(("import hydra", "from hydra")) and path.name != "train.py":
                 pytest.fail(f"{path} imports Hydra: {stripped}")
+
+
+def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_shipped_config():
+    from adastft.advice import advice
+
+    assert advice(Config.from_dict({})) == []
+    for experiment in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
+        overrides = [f"experiment={experiment.stem}"]
+        if "/data: gtzan" in experiment.read_text():
+            overrides.append(f"data.root={CONFIG_DIR}")  # any folder: not read here
+        assert advice(_compose(overrides)) == [], experiment.name
+    lines = advice(Config.from_dict({"optim": {"lr": 5.0}, "stft": {"lr": 0.5, "hop_length": 2048, "learn_window": True,
+                                                                     "learn_after_epoch": 30}}))
+    assert lines == [
+        "optim.lr=5 is far above adamw's usual range (at most 0.1): training will most likely diverge",
+        "stft.lr=0.5 is far above adamw's usual range (at most 0.1): training will most likely diverge",
+        "stft.hop_length=2048 is longer than the window (1024 samples): 1024 samples between frames are never seen",
+        "stft.learn_after_epoch=30 is not before the last epoch (train.epochs=30): the front end never learns",
+    ]
+    assert advice(Config.from_dict({"optim": {"name": "sgd", "lr": 0.5}})) == []  # SGD's range is wider
+
+
+def test_the_commands_print_advice_before_work(tmp_path):
+    """The search prints it before anything else is checked (a closed --address here ends it before
+    Ray); a key the search space samples gets none."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, str(CONFIG_DIR.parent / "tune/search.py"), "--address", f"127.0.0.1:{port}",
+                           "experiment=quickstart", "optim.lr=3", "stft.hop_length=4096"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("search: warning:")]
+    assert warnings == ["search: warning: stft.hop_length=4096 is longer than the window (1024 samples): 3072 samples "
+                        "between frames are never seen"], proc.stderr  # optim.lr: the quickstart space samples it

@@ -33,6 +33,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # killed mid-study leaves no trial that ran, or finished, unrecorded for --resume.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
+from adastft.advice import advice  # noqa: E402
 from adastft.config import ConfigError  # noqa: E402
 from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
 from tune.lock import StudyLock  # noqa: E402
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     cwd = Path.cwd()
     try:
         base, spec, sched = compose(overrides, args.search, args.scheduler)
+        for line in advice(base):  # the base config, less the keys the space samples
+            if line.split("=", 1)[0] not in spec.space:
+                print(f"search: warning: {line}", file=sys.stderr)
         base = absolutise(base, cwd)
         check_metric(spec)
         check_study_name(args.name)

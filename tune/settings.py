@@ -28,6 +28,7 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
+    import yaml
     from omegaconf import OmegaConf, open_dict
 
     from adastft.train import CONFIG_DIR, resolve
@@ -49,6 +50,11 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
     if search_file is not None:
         try:
             search_data = OmegaConf.to_container(OmegaConf.load(search_file), resolve=True)
+        except yaml.YAMLError as exc:  # name the line, as the training configs' errors do
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise SearchError(f"--search {search!r}{where} is not valid YAML: "
+                              f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
         except Exception as exc:
             raise SearchError(f"--search {search!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(search_data, dict):

@@ -72,6 +72,7 @@ def inputs(tmp_path_factory) -> Path:
     (root / "extra" / "experiment").mkdir(parents=True)
     (root / "extra" / "experiment" / "typo.yaml").write_text("# @package _global_\ntrain:\n  epoch: 3\n")
     (root / "extra" / "experiment" / "broken.yaml").write_text("# @package _global_\ntrain: {epochs: 3\n  bad")
+    (root / "space_broken.yaml").write_text("metric: val_clip_accuracy\nmode: max\nparams:\n  optim.lr: {low: 1e-4\n  x: [\n")
     # search spaces
     space_file(root, space={"optim.lr": {"type": "loguniform", "low": 1e-2, "high": 1e-4}}, name="low_high.yaml")
     space_file(root, space={"optim.lrr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, name="not_a_key.yaml")
@@ -137,6 +138,8 @@ def rows(inputs: Path) -> list[Row]:
             "unknown key 'train.epoch'"),
         Row("experiment file that is not YAML", "config", "train", ["-cd", str(i / "extra"), "experiment=broken"],
             "broken.yaml"),
+        Row("search space file that is not YAML", "config", "search", ["--search", f"{i}/space_broken.yaml"],
+            "space_broken.yaml', line 5 is not valid YAML"),
         Row("crops too short for the STFT", "config", "train", ["data.parts=1000"], "data.parts=1000"),
         Row("tracking=server without a URI", "config", "train", ["tracking=server"], "tracking.uri is required"),
         Row("unsupported tracking URI", "cli", "train", ["tracking.uri=ftp://mlflow.example"], "ftp://mlflow.example"),
