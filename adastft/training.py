@@ -28,6 +28,7 @@ from adastft.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.config import Config
 from adastft.data import Augment, ClipStore, DataError, EvalParts, SpecAugment, TrainCrops, prepare, vote
 from adastft.layer import AdaSTFT, AdaSTFTBank
+from adastft.memory import check_fits
 from adastft.model import AdaSTFTClassifier
 from adastft.timing import PhaseTimer, totals
 from adastft.tracking import (NullTracker, Tracker, check_tracking_uri, default_tracking_uri, start_system_metrics,
@@ -283,6 +284,11 @@ def train(cfg: Config | Mapping[str, Any], reporter: Reporter | None = None) -> 
         ctx.close()
 
 
+# The memory check runs before the data says how many classes there are; the head is 512 x classes
+# floats, nothing next to the rest, so a nominal count does.
+NOMINAL_CLASSES = 10
+
+
 def _tracking_uri(cfg: Config) -> str:
     return cfg.tracking.uri or default_tracking_uri(Path.cwd())
 
@@ -296,6 +302,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     if ctx.is_main and cfg.tracking.enabled:
         check_tracking_uri(_tracking_uri(cfg))  # before any expensive work
 
+    check_fits(cfg, NOMINAL_CLASSES, device)  # before the data cache and the model are built
     store = prepare(cfg.data.spec())
     _check_splits(store, cfg)
     n_classes = len(store.classes)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from adastft.config import Config, ConfigError
@@ -178,3 +179,38 @@ def test_the_commands_print_advice_before_work(tmp_path):
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("search: warning:")]
     assert warnings == ["search: warning: stft.hop_length=4096 is longer than the window (1024 samples): 3072 samples "
                         "between frames are never seen"], proc.stderr  # optim.lr: the quickstart space samples it
+
+
+def test_model_memory_estimate_matches_what_training_allocates():
+    """Parameters, gradients and AdamW's two moments after one step, plus the front end's initial
+    copies, against ``model_bytes``: within 5% (BatchNorm statistics and the mel basis are the rest)."""
+    from adastft.memory import model_bytes
+    from adastft.training import build_model, build_optimizer
+
+    cfg = Config.from_dict({"stft": {"n_fft": 2048, "hop_length": 512, "learn_kernel": True, "learn_window": True}})
+    model = build_model(cfg, 10)
+    model.set_frontend_learning(True, True)
+    opt = build_optimizer(cfg, model)
+    model(torch.randn(2, 22050)).sum().backward()
+    opt.step()
+    tensors = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    tensors += [b for name, b in model.named_buffers() if "initial_" in name]
+    allocated = sum(t.numel() * t.element_size() for t in tensors)
+    assert model_bytes(cfg, 10) == pytest.approx(allocated, rel=0.05)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_anything_is_built(tmp_path):
+    """A learnable 131072-point kernel: 64 GiB per copy, at least 320 GiB with its gradient and AdamW's
+    state, more than any machine this runs on has free."""
+    started = __import__("time").monotonic()
+    proc = subprocess.run([sys.executable, "-m", "adastft.train", "experiment=quickstart", "stft.n_fft=131072",
+                           "stft.hop_length=32768", "stft.learn_kernel=true", "data.parts=1", "data.clip_seconds=6",
+                           "tracking=off", f"train.out_dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("adastft.train: error: the model needs at least 320."), lines[-1]
+    assert "stft.n_fft=131072" in lines[-1]
+    assert __import__("time").monotonic() - started < 60
+    assert not (tmp_path / ".cache").exists()  # the data cache was not built

@@ -34,6 +34,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from adastft.advice import advice  # noqa: E402
+from adastft.memory import check_fits  # noqa: E402
+from adastft.training import NOMINAL_CLASSES  # noqa: E402
+from torch import device as torch_device  # noqa: E402
 from adastft.config import ConfigError  # noqa: E402
 from adastft.tracking import TrackingUnavailable, check_tracking_uri  # noqa: E402
 from tune.lock import StudyLock  # noqa: E402
@@ -117,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     cwd = Path.cwd()
     try:
         base, spec, sched = compose(overrides, args.search, args.scheduler)
+        if args.address is None and not args.gpus_per_trial:  # trials on this machine's memory
+            try:
+                check_fits(base, NOMINAL_CLASSES, torch_device("cpu"))
+            except ValueError as exc:
+                raise SearchError(str(exc)) from None
         for line in advice(base):  # the base config, less the keys the space samples
             if line.split("=", 1)[0] not in spec.space:
                 print(f"search: warning: {line}", file=sys.stderr)
