@@ -37,7 +37,7 @@ def tiny(tmp_path: Path, epochs: int = 4) -> list[str]:
     """Hydra overrides for trials of a few seconds each on a CPU."""
     return [
         "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
-        "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
+        "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
         f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
         f"train.epochs={epochs}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=search-test",
         "tracking.log_model=false",
