@@ -4,6 +4,8 @@ store, the synthetic set; and the statistics against values computed by hand."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +122,42 @@ def test_bad_input_is_one_line_before_ray_starts(tmp_path):
         assert message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr)
         assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_comparison_with_its_resume_command(tmp_path):
+    # 1000 epochs: by construction still training when the signal comes, once both trials logged one
+    args = ["stft=fixed,learn_window", "--seeds", "1", "--name", "cc", *tiny(tmp_path)[:-3], "train.epochs=1000",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=compare-test"]
+    proc = subprocess.Popen([sys.executable, str(COMPARE), *args], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+    def both_training() -> bool:
+        experiment = client.get_experiment_by_name("compare-test") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        return len(children) == 2 and all(client.get_metric_history(r.info.run_id, "val_loss") for r in children)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not both_training():
+            assert proc.poll() is None and time.monotonic() < deadline, "the comparison never got to training"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 130 and time.monotonic() - sent < 30, (proc.returncode, err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("compare: interrupted")]
+    assert len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("compare: interrupted (SIGINT): comparison 'cc' stopped before it finished; continue "
+                               f"it with: python {COMPARE} stft=fixed,learn_window --seeds 1 --name cc"), lines[0]
+    assert lines[0].endswith(" --resume") and "paired difference" not in out
+    runs = client.search_runs([client.get_experiment_by_name("compare-test").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED", "KILLED"]
+    assert all("continue with python" in r.data.tags["stopped"] for r in runs)
