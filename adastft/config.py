@@ -35,6 +35,8 @@ class DataConfig:
     on_bad: str = "skip"  # skip | error
     synthetic_clips_per_class: int = 20
     parts: int = 12  # training crop = clip / parts; evaluation votes over `parts` segments
+    crops_per_clip: int = 4  # random training crops drawn per clip per epoch (1: the original's recipe)
+    eval_parts: int | None = 3  # validate on at most this many evenly spaced parts per clip; None: all `parts`
     batch_size: int = 16
     eval_batch_size: int = 8  # clips per evaluation batch (each clip is `parts` segments)
     num_workers: int = 0
@@ -69,6 +71,12 @@ class DataConfig:
             raise ConfigError(f"{where}.root must be set for source={self.source!r}: the folder that holds the audio")
         for name in ("sample_rate", "synthetic_clips_per_class", "parts", "batch_size", "eval_batch_size"):
             _positive(where, name, getattr(self, name))
+        if self.crops_per_clip < 1:
+            raise ConfigError(f"{where}.crops_per_clip must be >= 1 (random crops per clip per epoch; 1 is the "
+                              f"original's recipe), got {self.crops_per_clip!r}")
+        if self.eval_parts is not None and self.eval_parts < 1:
+            raise ConfigError(f"{where}.eval_parts must be >= 1 (evaluate on at most that many evenly spaced parts), "
+                              f"or null to vote over every part, got {self.eval_parts!r}")
         _positive(where, "clip_seconds", self.clip_seconds)
         for name in ("num_workers", "time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
             if getattr(self, name) < 0:
@@ -150,9 +158,18 @@ class OptimConfig:
     weight_decay: float = 0.01
     momentum: float = 0.9
     gamma: float = 0.9974547047513221  # ExponentialLR, stepped once per epoch
+    schedule: str = "cosine"  # exponential (ExponentialLR by gamma, per epoch) | cosine (per step)
+    warmup_epochs: float = 1.0  # cosine only: linear warm-up over this many epochs (at most half the run), then cosine to 0
 
     def validate(self, where: str) -> None:
         _choice(where, "name", self.name, ("adamw", "sgd"))
+        _choice(where, "schedule", self.schedule, SCHEDULES)
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ConfigError(f"{where}.warmup_epochs={self.warmup_epochs:g} needs {where}.schedule=cosine "
+                              f"(the exponential schedule has no warm-up): set {where}.schedule=cosine or "
+                              f"{where}.warmup_epochs=0")
         _positive(where, "lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"{where}.weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -180,6 +197,7 @@ class TrainConfig:
                 _positive(where, name, getattr(self, name))
 
 
+SCHEDULES = ("exponential", "cosine")
 TENSOR_FORMATS = ("npy", "pt")
 
 
@@ -337,7 +355,10 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 def _choice(where: str, name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)
-        raise ConfigError(f"{where}.{name} must be one of {shown}, got {value!r}")
+        close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1) \
+            if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}.{name} must be one of {shown}, got {value!r}{hint}")
 
 
 def _positive(where: str, name: str, value: Any) -> None:

@@ -30,6 +30,7 @@ from adastft.data import Augment, ClipStore, DataError, EvalParts, SpecAugment, 
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.memory import check_fits
 from adastft.model import AdaSTFTClassifier
+from adastft.schedule import build_scheduler
 from adastft.timing import PhaseTimer, totals
 from adastft.tracking import (NullTracker, Tracker, check_tracking_uri, default_tracking_uri, start_system_metrics,
                               stop_system_metrics, ui_link)
@@ -209,14 +210,17 @@ def evaluate(
     ctx: distributed.DistContext,
     vote_method: str = "majority",
     amp: bool = False,
+    eval_parts: int | None = None,
 ) -> EvalResult:
-    """Clip accuracy by voting over ``parts`` segments, segment accuracy and loss; exact under DDP.
+    """Clip accuracy by voting over ``parts`` segments (``eval_parts`` of them, evenly spaced),
+    segment accuracy and loss; exact under DDP.
 
     Each rank takes every ``world_size``-th clip; counts are summed over ranks.
     """
     model.eval()
     n_classes = len(store.classes)
-    dataset = EvalParts(store, split=split, parts=parts)
+    dataset = EvalParts(store, split=split, parts=parts, eval_parts=eval_parts)
+    parts = dataset.segments  # per clip, from here on
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
     loader = DataLoader(shard, batch_size=batch_clips, shuffle=False)
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, segments, correct segs, correct clips
@@ -309,7 +313,16 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     seed_everything(cfg.train.seed)
     model = build_model(cfg, n_classes).to(device)
     optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optim.gamma)
+    train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed,
+                           crops_per_clip=cfg.data.crops_per_clip)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=ctx.distributed)
+    drop_last = len(train_set) // ctx.world_size > cfg.data.batch_size  # BatchNorm needs batches > 1
+    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    steps = len(loader) if cfg.train.max_batches is None else min(len(loader), cfg.train.max_batches)
+    scheduler, per_step = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.gamma, cfg.optim.warmup_epochs,
+                                          cfg.train.epochs, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     augment = build_augment(cfg)
     if augment is not None:
@@ -346,12 +359,6 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
                                 "data.train_clips": len(store.indices("train"))})
 
     node_sampler = _sample_other_node(cfg, ctx, tracker)
-    train_set = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed)
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=ctx.distributed)
-    drop_last = len(train_set) // ctx.world_size > cfg.data.batch_size  # BatchNorm needs batches > 1
-    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
 
     switches, net = None, model
     metrics: dict[str, float] = {}
@@ -369,14 +376,16 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
             seed_everything(_epoch_seed(cfg, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's (exponential: every step's)
             with timer.phase("compute"):
                 train_loss = _train_epoch(net, _timed_batches(loader, timer), optimizer, scaler, augment, device, amp,
-                                          ctx, cfg.train.max_batches, getattr(reporter, "heartbeat", None))
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+                                          ctx, cfg.train.max_batches, getattr(reporter, "heartbeat", None),
+                                          scheduler.step if per_step else None)
+            if not per_step:
+                scheduler.step()
             with timer.phase("eval"):
                 val = evaluate(model, store, "val", cfg.data.parts, cfg.data.eval_batch_size, device, ctx,
-                               cfg.data.vote, amp)
+                               cfg.data.vote, amp, cfg.data.eval_parts)
             if not math.isfinite(val.loss):  # the last step of the epoch can break the weights
                 raise NonFiniteLoss(f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: "
                                     "lower optim.lr or check the data")
@@ -461,7 +470,8 @@ def _check_splits(store, cfg: Config) -> None:
             raise DataError(f"the {split} split of {Path(store.path).name} has no clip: {fix}")
 
 
-def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat) -> float:
+def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_batches, heartbeat,
+                 step_schedule=None) -> float:
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(loader):
@@ -478,6 +488,8 @@ def _train_epoch(net, loader, optimizer, scaler, augment, device, amp, ctx, max_
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if step_schedule is not None:
+            step_schedule()
         if heartbeat is not None:
             heartbeat()
         total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
@@ -514,6 +526,7 @@ def _finish(cfg, model, store, device, ctx, tracker, history, amp, durable, time
     if best is not None:
         model.load_state_dict(best["model"])
     with timer.phase("eval"):
+        # every part, whatever data.eval_parts: the test runs once, and its number is the one compared
         test = evaluate(model, store, "test", cfg.data.parts, cfg.data.eval_batch_size, device, ctx, cfg.data.vote, amp)
     results = {**test.metrics("test"), "best_val_clip_accuracy": max(h["val_clip_accuracy"] for h in history)}
     if not ctx.is_main:

@@ -24,11 +24,20 @@ Run: ``python bench/bench_search.py [--trials 16 100] [--asha-trials 32]``.
    the machine's CPU time (wall x cores) that went into training and evaluation compute (each
    trial computes on its one thread). Target: >= 85% on a 2-core machine. ``--real-only`` runs
    this part alone.
+4. Rank fidelity (``--fidelity``, this part alone): a real study of ``--fidelity-trials`` (24)
+   trials of small training (the synthetic set, smaller clips; the default space's learning rate,
+   optimiser, augmentation and front-end switches, sampled at random), every
+   trial run to the end (``--scheduler none``). From each trial's raw per-epoch validation clip
+   accuracy: for each rung of the default ASHA (``configs/scheduler/asha.yaml``) and each
+   ``--report`` mode, the Spearman correlation between the trials' ranking by what they would have
+   reported at that rung and their final ranking (by the best validation clip accuracy over all
+   epochs, what the study selects, and by the test accuracy of that best checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -175,12 +184,75 @@ def main() -> None:
     parser.add_argument("--asha-trials", type=int, default=32)
     parser.add_argument("--real-trials", type=int, default=16, help="trials of the real study (part 3; 0: skip)")
     parser.add_argument("--real-only", action="store_true", help="part 3 alone")
+    parser.add_argument("--fidelity", action="store_true", help="part 4 alone: rank fidelity of --report")
+    parser.add_argument("--fidelity-trials", type=int, default=24)
+    parser.add_argument("--fidelity-epochs", type=int, default=8)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.fidelity:
+        rank_fidelity(args.fidelity_trials, args.fidelity_epochs)
+        return
     if not args.real_only:
         overhead_and_asha(args)
     if args.real_trials:
         real_study(args.real_trials)
+
+
+# Small real training for the fidelity study: the synthetic set in 4 s clips at 11 kHz, 20 per
+# class (80 validation clips), a smaller STFT; the recipe's defaults otherwise. The space: the
+# default's learning rate, optimiser, augmentation and front-end switches, sampled at random (all
+# trials are TPE's start-up trials), so that the trials spread over the space as a study's early
+# trials do, rather than crowding where TPE converges.
+FIDELITY_SPACE = {
+    "metric": "val_clip_accuracy", "mode": "max", "seed": 0, "n_startup_trials": 1000,
+    "space": {"optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
+              "optim.name": {"type": "categorical", "choices": ["sgd", "adamw"]},
+              "data.augment": {"type": "categorical", "choices": [True, False]},
+              "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+              "stft.learn_kernel": {"type": "categorical", "choices": [True, False]}},
+}
+FIDELITY = ["--scheduler", "none", "experiment=quickstart",
+            "data.synthetic_clips_per_class=20", "data.clip_seconds=4.0", "data.sample_rate=11025", "data.parts=4",
+            "stft.n_fft=512", "stft.hop_length=256", "stft.n_mels=48", "tracking.log_model=false"]
+
+
+def rank_fidelity(trials: int, epochs: int) -> None:
+    """Part 4: Spearman correlation of each ASHA rung's ranking with the final ranking, per report mode."""
+    from scipy.stats import spearmanr
+
+    from tune.report import REPORT_MODES, reported_curve
+
+    sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "configs/scheduler/asha.yaml").read_text()))
+    rungs = []
+    rung = sched.grace_period
+    while rung < epochs:  # ASHA's milestones below max_t
+        rungs.append(rung)
+        rung *= sched.reduction_factor
+    with tempfile.TemporaryDirectory(prefix="adastft-bench-fidelity-") as tmp:
+        space = Path(tmp) / "fidelity_space.yaml"
+        space.write_text(yaml.safe_dump(FIDELITY_SPACE))
+        study = run_study(Path(tmp), "fidelity", trials, "--search", str(space), *FIDELITY, f"train.epochs={epochs}")
+        curves, finals, tests = [], [], []
+        for results in sorted(study.folder.glob("*/result.json")):
+            rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+            curve = [r["val_clip_accuracy"] for r in sorted(rows, key=lambda r: r["training_iteration"])]
+            if len(curve) < epochs:
+                continue  # a failed trial: no final ranking
+            curves.append(curve)
+            finals.append(max(curve))
+            tests.append(rows[-1]["test_clip_accuracy"])
+    print(f"rank fidelity: {len(curves)} trials of {epochs} epochs, all run to the end ({study.wall_s:.0f} s); "
+          f"final val clip accuracy {min(finals):.2f}..{max(finals):.2f} (best epoch), test {min(tests):.2f}..{max(tests):.2f}")
+    print(f"Spearman correlation between the ranking by what a trial reports at ASHA's rungs (grace {sched.grace_period}, "
+          f"reduction {sched.reduction_factor}) and the final ranking")
+    header = "".join(f"{'rung ' + str(r):>12s}" for r in rungs)
+    for final_name, final in (("best val clip accuracy", finals), ("test clip accuracy of the best checkpoint", tests)):
+        print(f"  final ranking by {final_name}")
+        print(f"  {'--report':10s}{header}")
+        for mode in REPORT_MODES:
+            reported = [reported_curve(c, "max", mode) for c in curves]
+            cells = "".join(f"{spearmanr([r[k - 1] for r in reported], final).statistic:>12.3f}" for k in rungs)
+            print(f"  {mode:10s}{cells}")
 
 
 def real_study(trials: int) -> None:

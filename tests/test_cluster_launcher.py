@@ -166,7 +166,7 @@ def test_ray_up_local_yaml_runs_a_search_tracked_by_the_clusters_mlflow(remote_m
             "--scheduler", "none", "--storage", str(base / "shared" / "tune"), "--name", "cluster",
             "tracking.experiment=cluster-test",  # no tracking.uri: the cluster's $MLFLOW_TRACKING_URI
             "tracking.log_model=false", "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0",
-            "data.synthetic_clips_per_class=4", "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2",
+            "data.synthetic_clips_per_class=4", "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2",
             "data.freq_mask_bins=4", f"data.cache_dir={cache}", "stft.n_fft=256", "stft.hop_length=128",
             "stft.n_mels=32", "train.epochs=2", timeout=600)
         assert "succeeded" in job.stdout and "best trial" in job.stdout, job.stdout[-6000:]

@@ -58,6 +58,9 @@ def test_the_seven_original_trials_are_the_reports():
             assert (cfg.optim.name, cfg.data.parts, cfg.data.augment, cfg.data.batch_size) == ("adamw", 12, True, 16)
             assert cfg.optim.lr == pytest.approx(0.004217059205126061)
             assert cfg.optim.gamma == pytest.approx(0.9974547047513221)
+            # the original's recipe, pinned while the defaults moved on
+            assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == \
+                (1, None, "exponential", 0.0)
     assert sorted(seen.values()) == sorted([
         (False, False, 1), (True, False, 1), (False, True, 1), (True, True, 1),
         (True, False, 3), (False, True, 3), (True, True, 3),
@@ -86,6 +89,16 @@ BAD = [
     ({"data": {"parts": 1000, "clip_seconds": 6.0}}, "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024"),
     ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be [low, high] with low <= high"),
     ({"train": {"device": "tpu"}}, "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ({"data": {"crops_per_clip": 0}}, "data.crops_per_clip must be >= 1 (random crops per clip per epoch; 1 is the "
+                                      "original's recipe), got 0"),
+    ({"data": {"eval_parts": 0}}, "data.eval_parts must be >= 1 (evaluate on at most that many evenly spaced parts), "
+                                  "or null to vote over every part, got 0"),
+    ({"optim": {"schedule": "cosin"}}, "optim.schedule must be one of exponential, cosine, got 'cosin' "
+                                       "(did you mean 'cosine'?)"),
+    ({"optim": {"schedule": "exponential", "warmup_epochs": 2}},
+     "optim.warmup_epochs=2 needs optim.schedule=cosine (the exponential schedule has no warm-up): set "
+     "optim.schedule=cosine or optim.warmup_epochs=0"),
+    ({"optim": {"warmup_epochs": -1}}, "optim.warmup_epochs must be >= 0, got -1.0"),
 ]
 
 
@@ -94,6 +107,13 @@ def test_bad_config_is_one_line_naming_the_key(data, message):
     with pytest.raises(ConfigError) as info:
         Config.from_dict(data)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_defaults_are_the_measured_recipe_in_python_and_in_the_configs():
+    # bench/time_to_accuracy.py measured these against the original's recipe (README, Training recipe)
+    for cfg in (Config(), _compose([]), _compose(["data=gtzan", "data.root=/data/gtzan"])):
+        assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == \
+            (4, 3, "cosine", 1.0)
 
 
 def test_round_trip_and_dotted_overrides():

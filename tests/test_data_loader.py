@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from adastft.data import (
-    Augment, DataSpec, EvalParts, SpecAugment, TrainCrops, eval_loader, prepare, spec_augment,
+    Augment, DataSpec, EvalParts, SpecAugment, TrainCrops, eval_loader, prepare, spaced_parts, spec_augment,
     train_loader, vote, vote_accuracy,
 )
 from data_helpers import RATE
@@ -65,6 +65,34 @@ def test_eval_parts_are_the_clip_in_equal_segments(ramp_store):
     assert parts.shape == (3, 133) and label == ramp_store.labels[ds.indices[1]]
     assert torch.equal(parts.flatten(), torch.tensor(clip[:399]))  # remainder of 1 sample left out
     assert torch.equal(ds[1][0], parts)
+
+
+def test_crops_per_clip_draws_that_many_crops_of_every_clip(ramp_store):
+    ds = TrainCrops(ramp_store, split="train", parts=4, seed=0, crops_per_clip=3)
+    assert len(ds) == 18
+    for k in range(18):
+        crop, label = ds[k]
+        i = int(ds.indices[k // 3])
+        start = int(_positions(crop)[0])
+        assert torch.equal(crop, torch.tensor(ramp_store.audio(i)[start:start + 100]))  # from clip k // 3
+        assert label == ramp_store.labels[i]
+    starts = {int(_positions(ds[k][0])[0]) for k in range(3)}
+    assert len(starts) == 3  # three different crops of the first clip
+    with pytest.raises(ValueError, match="crops_per_clip must be a positive integer, got 0"):
+        TrainCrops(ramp_store, parts=4, crops_per_clip=0)
+
+
+def test_eval_parts_picks_evenly_spaced_segments(ramp_store):
+    assert spaced_parts(6, 3) == [1, 3, 5] and spaced_parts(6, 1) == [3] and spaced_parts(12, 4) == [1, 4, 7, 10]
+    assert spaced_parts(6, None) == spaced_parts(6, 6) == spaced_parts(6, 9) == list(range(6))
+    every = EvalParts(ramp_store, split="test", parts=4)
+    some = EvalParts(ramp_store, split="test", parts=4, eval_parts=2)
+    assert some.segments == 2 and every.segments == 4
+    segments, label = some[1]
+    assert segments.shape == (2, 100) and label == every[1][1]
+    assert torch.equal(segments, every[1][0][[1, 3]])
+    with pytest.raises(ValueError, match="eval_parts must be a positive integer, got 0"):
+        EvalParts(ramp_store, split="test", parts=4, eval_parts=0)
 
 
 def test_loaders_batch_and_shuffle(ramp_store):

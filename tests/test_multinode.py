@@ -146,7 +146,7 @@ class Cluster:
                 "--trial-resource", "trial_slot=1", "--scheduler", "none", "--trials", str(trials), "--name", name,
                 "--search", str(space), *args,
                 "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=6",
-                "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
+                "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
                 f"data.cache_dir={self.tmp}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
                 f"train.epochs={epochs}", "train.threads=1", f"tracking.uri={self.tracking_uri}",
                 "tracking.experiment=multinode"]

@@ -37,7 +37,7 @@ def tiny(tmp_path: Path, epochs: int = 4) -> list[str]:
     """Hydra overrides for trials of a few seconds each on a CPU."""
     return [
         "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
-        "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
+        "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
         f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
         f"train.epochs={epochs}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=search-test",
         "tracking.log_model=false",
@@ -155,7 +155,8 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
 
 def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_path):
     proc = run_search(tmp_path, "--trials", "2", "--scheduler", "none", "--search", str(space_file(tmp_path)),
-                      "--name", "timed", *tiny(tmp_path, epochs=2), "tracking.system_metrics_interval=0.25")
+                      "--name", "timed", "--report", "ema", *tiny(tmp_path, epochs=3),
+                      "tracking.system_metrics_interval=0.25")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shares = re.search(r"time in trials: compute (\d+)%, eval (\d+)%, data wait (\d+)%, checkpoints (\d+)%, "
                        r"tracking (\d+)%, other (\d+)%", proc.stdout)
@@ -173,10 +174,23 @@ def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_p
     assert (table[[total_metric(p) for p in PHASES]].sum(axis=1) <= table[total_metric(EPOCH_SECONDS)] + 1e-3).all()
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "trial_total_time_compute")) == [0, 1]
 
+    # --report ema: Optuna (and the scheduler) got the moving average of the raw val_loss, which
+    # MLflow logged as it was; the table has both
+    assert "scheduler none on ema_val_loss" in proc.stdout
+    by_run = {r.data.tags["tune_trial_id"]: r for r in children}
+    for trial in study(tmp_path, "timed").get_trials():
+        raw = [m.value for m in sorted(client.get_metric_history(by_run[trial.user_attrs["tune_trial_id"]].info.run_id,
+                                                                 "val_loss"), key=lambda m: m.step)]
+        ema = [raw[0], 0.5 * raw[1] + 0.5 * raw[0], 0.5 * raw[2] + 0.25 * raw[1] + 0.25 * raw[0]]
+        assert [trial.intermediate_values[i] for i in (1, 2, 3)] == pytest.approx(ema, rel=1e-9)
+        assert trial.value == pytest.approx(ema[-1], rel=1e-9)
+        row = table[table["trial_id"] == trial.user_attrs["tune_trial_id"]].iloc[0]
+        assert row["ema_val_loss"] == pytest.approx(ema[-1]) and row["val_loss"] == pytest.approx(raw[-1])
+
     # each trial's run: a timing row per epoch and one after, and MLflow's system metrics of its node
     assert len(children) == 2
     for run in children:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "time_compute")] == [0, 1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "time_compute")] == [0, 1, 2, 3]
         (cpu,) = [k for k in run.data.metrics if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")]
         assert cpu == f"system/{socket.gethostname()}/cpu_utilization_percentage"
         assert len(client.get_metric_history(run.info.run_id, cpu)) >= 3, run.info.run_name
@@ -285,6 +299,7 @@ def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
         (["--search", "default", "optim.lr=-1"], "optim.lr must be > 0"),
         (["--resume", "--name", "ghost"], "--resume: no study 'ghost'"),
         (["--frobnicate"], "unknown flag --frobnicate"),
+        (["--report", "mean"], "argument --report: invalid choice: 'mean' (choose from 'last', 'best', 'ema')"),
         (["tracking.uri=http://127.0.0.1:9"], "is unreachable"),
     ]
     for args, message in cases:

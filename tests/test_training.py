@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from adastft.checkpoint import CheckpointError, link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.timing import EPOCH_SECONDS, PHASES, metric, total_metric
 from adastft.tracking import TrackingUnavailable
-from adastft.training import NonFiniteLoss, train
+from adastft.training import NonFiniteLoss, NullReporter, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,7 +31,7 @@ def small_config(tmp_path: Path, **sections) -> dict:
     cfg = {
         "name": "unit",
         "data": {"source": "synthetic", "cache_dir": str(tmp_path / "cache"), "sample_rate": 8000,
-                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "split": "random", "parts": 2,
+                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "split": "random", "parts": 2, "crops_per_clip": 1,
                  "batch_size": 8, "eval_batch_size": 8, "time_mask_frames": 2, "freq_mask_bins": 4},
         "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32, "learn_window": True, "learn_kernel": True},
         "optim": {"lr": 1e-3},
@@ -118,11 +118,22 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) 
 
 @pytest.mark.slow
 def test_resume_continues_to_the_same_result(tmp_path):
+    # the default schedule (warm-up + cosine over train.epochs, stepped per batch) included
+    class StopAfterTwo(NullReporter):
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def report(self, metrics, checkpoint_dir) -> None:
+            self.epochs += 1
+
+        def should_stop(self) -> bool:
+            return self.epochs == 2
+
     straight = small_config(tmp_path / "a", tracking={"enabled": False}, train={"epochs": 3})
     full = train(straight)
-    interrupted = small_config(tmp_path / "b", tracking={"enabled": False}, train={"epochs": 2})
-    train(interrupted)
-    interrupted["train"]["epochs"] = 3
+    interrupted = small_config(tmp_path / "b", tracking={"enabled": False}, train={"epochs": 3})
+    train(interrupted, StopAfterTwo())
+    assert load_checkpoint(tmp_path / "b" / "run" / "last.pt")["epoch"] == 1
     resumed = train(interrupted)
     a = load_checkpoint(tmp_path / "a" / "run" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "run" / "last.pt")

@@ -73,14 +73,15 @@ def _ask_tune_to_stop(poll_s: float = 0.1) -> None:
     os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def resume_command(script: str, argv: list[str]) -> str:
-    """The command line that continues the study ``argv`` (the search's arguments) started;
-    ``script``: the path to ``search.py`` as it was run."""
+def resume_command(script: str, argv: list[str], default: str = "tune/search.py") -> str:
+    """The command line that continues the study ``argv`` (the search's, or the comparison's,
+    arguments) started; ``script``: the path to ``search.py`` (``compare.py``) as it was run."""
     args = list(argv) + ([] if "--resume" in argv else ["--resume"])
-    return shlex.join(["python", script if script.endswith(".py") else "tune/search.py", *args])
+    return shlex.join(["python", script if script.endswith(".py") else default, *args])
 
 
-def report_interrupted(study: str, why: str, command: str) -> None:
-    """The one line an interrupted search ends with, on stderr."""
-    print(f"search: interrupted ({why}): study {study!r} stopped before it finished; "
+def report_interrupted(study: str, why: str, command: str, prog: str = "search") -> None:
+    """The one line an interrupted search (``prog``: or comparison) ends with, on stderr."""
+    what = "comparison" if prog == "compare" else "study"
+    print(f"{prog}: interrupted ({why}): {what} {study!r} stopped before it finished; "
           f"continue it with: {command}", file=sys.stderr, flush=True)

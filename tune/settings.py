@@ -84,9 +84,9 @@ def absolutise(cfg: Config, cwd: Path) -> Config:
     return cfg.merged(changes)
 
 
-def storage_root(storage: str | None, cwd: Path) -> str:
+def storage_root(storage: str | None, cwd: Path, default_folder: str = "search") -> str:
     if storage is None:
-        return str((cwd / "runs" / "search").resolve())
+        return str((cwd / "runs" / default_folder).resolve())
     if storage.startswith(REMOTE_SCHEMES):
         return storage.rstrip("/")
     return str((cwd / Path(storage).expanduser()).resolve())

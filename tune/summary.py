@@ -92,8 +92,9 @@ def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
     tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")
 
 
-def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None) -> pd.DataFrame:
-    """One row per trial: Tune id, Optuna number and state, parameters, metrics, paths, MLflow run."""
+def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per trial: Tune id, Optuna number and state, parameters, metrics (and the ``extra``
+    ones: what the trials reported to the search), paths, MLflow run."""
     by_tune_id = {}
     for frozen in study.get_trials(deepcopy=False):
         tune_id = frozen.user_attrs.get("tune_trial_id")
@@ -110,7 +111,7 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
                "node": metrics.get("node_ip")}  # where the trial's last epoch ran (Tune fills it in)
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
         for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
-                    "train_loss", "test_clip_accuracy", "window_change", "kernel_change"):
+                    "train_loss", "test_clip_accuracy", "window_change", "kernel_change", *extra):
             row[key] = metrics.get(key)
         row.update({key: metrics.get(key) for key in TOTALS})  # where the trial's time went (s)
         frozen = by_tune_id.get(trial_id)

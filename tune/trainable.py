@@ -24,6 +24,7 @@ from adastft.config import Config
 from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
 from tune import checkpoints
+from tune.report import Objective, objective_for
 from tune.study_dir import storage_filesystem
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,13 @@ class TuneReporter:
 
     persists_checkpoints = True  # Tune copies each reported checkpoint to its storage
 
-    def __init__(self, watchdog: Watchdog) -> None:
+    def __init__(self, watchdog: Watchdog, objective: Objective | None = None) -> None:
         self.watchdog = watchdog
+        self.objective = objective  # --report best|ema: the value the scheduler and Optuna decide on
 
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
         self.watchdog.beat()
+        metrics = self.objective.add(metrics) if self.objective is not None else metrics
         with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
             tune.report(_with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
                         checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -203,7 +206,7 @@ def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
             return
         watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
         try:
-            train_fn(cfg, TuneReporter(watchdog))
+            train_fn(cfg, TuneReporter(watchdog, objective_for(study, out_dir)))
         except NonFiniteLoss as exc:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(exc))
@@ -224,14 +227,16 @@ class TrainReporter:
 
     persists_checkpoints = True  # Ray Train copies each reported checkpoint to its storage
 
-    def __init__(self, watchdog: Watchdog, rank: int) -> None:
+    def __init__(self, watchdog: Watchdog, rank: int, objective: Objective | None = None) -> None:
         self.watchdog = watchdog
         self.rank = rank
+        self.objective = objective
 
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
 
         self.watchdog.beat()
+        metrics = self.objective.add(metrics) if self.objective is not None else metrics
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
                 staged = checkpoints.stage(checkpoint_dir, Path(tmp), metrics)
@@ -260,7 +265,7 @@ def _ddp_worker(loop_config: dict) -> None:
     beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None
     watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]), beat_file)
     try:
-        train(cfg, TrainReporter(watchdog, rank))
+        train(cfg, TrainReporter(watchdog, rank, objective_for(study, out_dir)))
     finally:
         watchdog.stop()
         shutil.rmtree(out_dir, ignore_errors=True)  # Ray Train holds the reported checkpoints

@@ -1,9 +1,10 @@
 """Datasets over a ``ClipStore``: random training crops and evaluation parts, and their loaders.
 
 A clip of ``clip_samples`` is cut into ``parts`` segments of ``crop_samples = clip_samples //
-parts``. Training sees one random crop of that length per clip per epoch (a new one each access);
-evaluation sees all ``parts`` consecutive segments of a clip at once, to be classified in one
-batch and voted on (:func:`adastft.data.vote`).
+parts``. Training sees ``crops_per_clip`` random crops of that length per clip per epoch (a new
+one each access); evaluation sees the ``parts`` consecutive segments of a clip (or
+``eval_parts`` of them, evenly spaced) at once, to be classified in one batch and voted on
+(:func:`adastft.data.vote`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,25 @@ def _check(store: ClipStore, split: str, parts: int) -> tuple[np.ndarray, int]:
     return indices, crop
 
 
+def _at_least_one(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def spaced_parts(parts: int, eval_parts: int | None) -> list[int]:
+    """The segments, of ``parts``, that evaluation uses: at most ``eval_parts``, evenly spaced (each
+    the middle one of its share of the clip), ``spaced_parts(6, 3) == [1, 3, 5]``,
+    ``spaced_parts(6, 1) == [3]``; all of them for ``None`` or ``eval_parts >= parts`` (a search may
+    sample ``parts`` below the evaluation's count)."""
+    if eval_parts is None or _at_least_one("eval_parts", eval_parts) >= parts:
+        return list(range(parts))
+    return [int((i + 0.5) * parts / eval_parts) for i in range(eval_parts)]
+
+
 class TrainCrops(Dataset):
-    """Item ``k``: ``(crop float32 (crop_samples,), label int)``, a random crop of the ``k``-th clip.
+    """Item ``k``: ``(crop float32 (crop_samples,), label int)``, a random crop of clip
+    ``k // crops_per_clip``: an epoch draws ``crops_per_clip`` crops of every clip.
 
     The crop start is uniform in ``[0, clip_samples - crop_samples]``, drawn anew on every
     access, so a crop always lies inside the clip. Starts come from a numpy generator seeded
@@ -43,18 +61,20 @@ class TrainCrops(Dataset):
         crop, label = ds[0]  # (clip_samples // 12,), int
     """
 
-    def __init__(self, store: ClipStore, split: str = "train", parts: int = 12, seed: int = 0) -> None:
+    def __init__(self, store: ClipStore, split: str = "train", parts: int = 12, seed: int = 0,
+                 crops_per_clip: int = 1) -> None:
         self.store = store
         self.split = split
         self.parts = parts
         self.indices, self.crop_samples = _check(store, split, parts)
+        self.crops_per_clip = _at_least_one("crops_per_clip", crops_per_clip)
         self.seed = int(seed)
         self.epoch = 0
         self._rng: np.random.Generator | None = None
         self._rng_owner: int | None = None
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.crops_per_clip
 
     def set_epoch(self, epoch: int) -> None:
         """Start the crop stream of ``epoch``: crops then depend on (seed, epoch) alone, so a run
@@ -72,24 +92,28 @@ class TrainCrops(Dataset):
         return self._rng
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-        i = int(self.indices[k])
+        i = int(self.indices[k // self.crops_per_clip])
         start = int(self._generator().integers(0, self.store.clip_samples - self.crop_samples + 1))
         crop = np.array(self.store.audio(i)[start:start + self.crop_samples])  # copy out of the map
         return torch.from_numpy(crop), int(self.store.labels[i])
 
 
 class EvalParts(Dataset):
-    """Item ``k``: ``(parts float32 (parts, crop_samples), label int)`` for the ``k``-th clip.
+    """Item ``k``: ``(segments float32 (n, crop_samples), label int)`` for the ``k``-th clip, ``n``
+    = ``eval_parts`` or, by default, ``parts``.
 
     Segment ``j`` is samples ``[j * crop_samples, (j + 1) * crop_samples)``; the last
-    ``clip_samples % parts`` samples are left out. Deterministic.
+    ``clip_samples % parts`` samples are left out. With ``eval_parts``, only the segments
+    :func:`spaced_parts` picks. Deterministic.
     """
 
-    def __init__(self, store: ClipStore, split: str = "val", parts: int = 12) -> None:
+    def __init__(self, store: ClipStore, split: str = "val", parts: int = 12, eval_parts: int | None = None) -> None:
         self.store = store
         self.split = split
         self.parts = parts
         self.indices, self.crop_samples = _check(store, split, parts)
+        self.chosen = spaced_parts(parts, eval_parts)
+        self.segments = len(self.chosen)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -97,7 +121,7 @@ class EvalParts(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
         i = int(self.indices[k])
         audio = self.store.audio(i)[: self.parts * self.crop_samples]
-        segments = np.array(audio.reshape(self.parts, self.crop_samples))  # (P, S), a copy
+        segments = np.array(audio.reshape(self.parts, self.crop_samples)[self.chosen])  # (n, S), a copy
         return torch.from_numpy(segments), int(self.store.labels[i])
 
 

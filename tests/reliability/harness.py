@@ -82,7 +82,7 @@ def tiny(tmp_path: Path, epochs: int = 2, tracking_uri: str | None = None, exper
     uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     return [
         "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
-        "data.parts=2", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
+        "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
         f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
         f"train.epochs={epochs}", f"tracking.uri={uri}", f"tracking.experiment={experiment}",
         "tracking.log_model=false",
@@ -94,7 +94,7 @@ def tiny_dict(tmp_path: Path, epochs: int = 2, **sections) -> dict:
     cfg = {
         "name": "reliability",
         "data": {"source": "synthetic", "cache_dir": str(tmp_path / "cache"), "sample_rate": 8000,
-                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "parts": 2, "batch_size": 8,
+                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "parts": 2, "crops_per_clip": 1, "batch_size": 8,
                  "time_mask_frames": 2, "freq_mask_bins": 4},
         "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32},
         "optim": {"lr": 1e-3},
