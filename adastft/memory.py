@@ -15,6 +15,9 @@ import torch
 from adastft.config import Config
 
 FLOAT32 = 4
+# The check runs before the data says how many classes there are; the head is 512 x classes
+# floats, nothing next to the rest, so a nominal count does.
+NOMINAL_CLASSES = 10
 
 
 def model_bytes(cfg: Config, num_classes: int) -> int:
@@ -44,7 +47,7 @@ def available_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_fits(cfg: Config, num_classes: int, device: torch.device) -> None:
+def check_fits(cfg: Config, device: torch.device, num_classes: int = NOMINAL_CLASSES) -> None:
     """Raise ``ValueError`` (one line naming the key) when the model cannot fit."""
     need, free = model_bytes(cfg, num_classes), available_bytes(device)
     if need <= free:

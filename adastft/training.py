@@ -288,11 +288,6 @@ def train(cfg: Config | Mapping[str, Any], reporter: Reporter | None = None) -> 
         ctx.close()
 
 
-# The memory check runs before the data says how many classes there are; the head is 512 x classes
-# floats, nothing next to the rest, so a nominal count does.
-NOMINAL_CLASSES = 10
-
-
 def _tracking_uri(cfg: Config) -> str:
     return cfg.tracking.uri or default_tracking_uri(Path.cwd())
 
@@ -306,7 +301,7 @@ def _train(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dic
     if ctx.is_main and cfg.tracking.enabled:
         check_tracking_uri(_tracking_uri(cfg))  # before any expensive work
 
-    check_fits(cfg, NOMINAL_CLASSES, device)  # before the data cache and the model are built
+    check_fits(cfg, device)  # before the data cache and the model are built
     store = prepare(cfg.data.spec())
     _check_splits(store, cfg)
     n_classes = len(store.classes)

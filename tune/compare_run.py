@@ -20,8 +20,8 @@ from adastft.config import Config
 from adastft.tracking import ui_link
 from tune.checkpoints import keep_best_trials
 from tune.compare_stats import METRICS, comparison, format_table, plot_comparison
-from tune.driver import (fit_and_end, for_trials, open_state, parent_run, plan_trials, restore_point, run_config, start,
-                         study_info, trial_resources)
+from tune.driver import (announce, fit_and_end, for_trials, open_state, parent_run, plan_trials, restore_point,
+                         run_config, start, study_info, trial_resources)
 from tune.study_dir import StudyDir
 from tune.summary import TrialRunCallback
 from tune.trainable import find_trial_run, run_ddp_trial, run_trial
@@ -52,10 +52,8 @@ def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str,
                                                                                  state))
         study = study_info(args, first, parent, state, study_dir, storage, plan)
         seeds = list(range(args.seeds))
-        print(f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials, "
-              f"{plan['concurrent']} at a time, {plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} "
-              f"worker(s) per trial, baseline {baseline!r}, results in {storage}/{args.name}"
-              + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
+        announce(f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials",
+                 plan, f"baseline {baseline!r}", storage, args.name, parent)
 
         storage_path, storage_fs, exp_path, restoring = restore_point(args, storage, study)
         _, resources = trial_resources(args, plan)

@@ -45,6 +45,13 @@ def for_trials(cfg: Config, plan: dict) -> Config:
                        "train.threads": cfg.train.threads or max(1, int(plan["cpus"]))})
 
 
+def announce(head: str, plan: dict, tail: str, storage: str, name: str, parent) -> None:
+    """The driver's first line: what runs, how many at once on what, where results and the parent run are."""
+    print(f"{head}, {plan['concurrent']} at a time, {plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} "
+          f"worker(s) per trial, {tail}, results in {storage}/{name}"
+          + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
+
+
 def study_info(args: argparse.Namespace, base: Config, parent, state: dict, study_dir: StudyDir, storage: str,
                plan: dict, **extra) -> dict:
     """What every trial of the study is told (``tune/trainable.py``), plain data."""

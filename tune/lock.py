@@ -37,10 +37,9 @@ class StudyLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(os.pread(fd, 4096, 0))
+            refusal = _refusal(study, os.pread(fd, 4096, 0))
             os.close(fd)
-            raise SearchError(f"study {study!r} is being run by another driver ({holder}): wait for it to end, "
-                              f"or stop it and then --resume") from None
+            raise refusal from None
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
@@ -59,8 +58,7 @@ class StudyLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SearchError(f"study {study!r} is being run by another driver ({_describe(os.pread(fd, 4096, 0))}): "
-                              "wait for it to end, or stop it and then --resume") from None
+            raise _refusal(study, os.pread(fd, 4096, 0)) from None
         finally:
             os.close(fd)  # closing releases the probe's shared lock
 
@@ -79,6 +77,12 @@ class StudyLock:
                     break
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
+
+
+def _refusal(study: str, raw: bytes) -> SearchError:
+    """The error for a study whose lock another driver holds, naming it from the lock file."""
+    return SearchError(f"study {study!r} is being run by another driver ({_describe(raw)}): wait for it to end, "
+                       "or stop it and then --resume")
 
 
 def _describe(raw: bytes) -> str:

@@ -22,8 +22,8 @@ from adastft.config import Config
 from adastft.tracking import redact_text, ui_link
 
 from tune.checkpoints import CheckpointRetention, folder_bytes, keep_best_trials
-from tune.driver import (fit_and_end, open_state, parent_run, plan_trials, restore_point, run_config, start,
-                         study_info, trial_resources)
+from tune.driver import (announce, fit_and_end, open_state, parent_run, plan_trials, restore_point, run_config,
+                         start, study_info, trial_resources)
 from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.report import reported_key
 from tune.space import SchedulerSpec, SearchSpec
@@ -71,10 +71,8 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         study = study_info(args, base, parent, state, study_dir, storage, plan, metric=spec.metric, mode=spec.mode,
                            report=args.report)
         objective = reported_key(spec.metric, args.report)  # what the scheduler and Optuna decide on
-        print(f"study {args.name!r}: {args.trials} trials, {plan['concurrent']} at a time, "
-              f"{plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} worker(s) per trial, "
-              f"scheduler {sched.type} on {objective}, results in {storage}/{args.name}"
-              + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
+        announce(f"study {args.name!r}: {args.trials} trials", plan, f"scheduler {sched.type} on {objective}",
+                 storage, args.name, parent)
 
         storage_path, storage_fs, exp_path, restoring = restore_point(args, storage, study)
         fn, resources = trial_resources(args, plan)

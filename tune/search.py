@@ -30,10 +30,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # killed mid-study leaves no trial that ran, or finished, unrecorded for --resume.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
-from adastft.advice import advice  # noqa: E402
-from adastft.memory import check_fits  # noqa: E402
-from adastft.training import NOMINAL_CLASSES  # noqa: E402
-from torch import device as torch_device  # noqa: E402
 from tune.cli import add_run_flags, check_run_flags, drive, open_study  # noqa: E402
 from tune.report import DEFAULT_REPORT, REPORT_MODES  # noqa: E402
 from tune.settings import SearchError, absolutise, check_metric, check_optuna_storage, compose  # noqa: E402
@@ -78,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def check():
         base, spec, sched = compose(overrides, args.search, args.scheduler)
+        import torch
+
+        from adastft.advice import advice
+        from adastft.memory import check_fits
+
         if args.address is None and not args.gpus_per_trial:  # trials on this machine's memory
             try:
-                check_fits(base, NOMINAL_CLASSES, torch_device("cpu"))
+                check_fits(base, torch.device("cpu"))
             except ValueError as exc:
                 raise SearchError(str(exc)) from None
         for line in advice(base):  # the base config, less the keys the space samples
