@@ -94,7 +94,7 @@ def _locate(model: str, tracking_uri: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adastft.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="adastft-predict" if Path(sys.argv[0]).name == "adastft-predict" else "python -m adastft.predict", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, au, ...)")
     parser.add_argument("--model", required=True, help="checkpoint file, run folder, or MLflow URI (runs:/<id>)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ URIs (default sqlite:///mlflow.db)")

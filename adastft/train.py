@@ -1,4 +1,4 @@
-"""Train one model from the Hydra configs in ``configs/``.
+"""Train one model from the Hydra configs in ``adastft/configs/`` (shipped inside the package).
 
 Run: ``python -m adastft.train [group=option ...] [key=value ...]`` (or ``adastft-train``), e.g.
 ``python -m adastft.train stft=learn_both train.epochs=5``. The seven original trials:
@@ -21,12 +21,15 @@ import os
 import shlex
 import signal
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from adastft.config import Config, ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Inside the package, so that an installed wheel finds them from any folder; a checkout and an
+# editable install read the same files.
+CONFIG_DIR = Path(str(resources.files("adastft") / "configs"))
 log = logging.getLogger("adastft.train")
 
 
@@ -161,8 +164,6 @@ def interrupted_line(argv: list[str], signum: int) -> str:
 def main() -> None:
     import hydra
 
-    if not CONFIG_DIR.is_dir():
-        sys.exit(f"adastft.train: error: config folder {CONFIG_DIR} is missing: run from a checkout (pip install -e .)")
     try:
         precheck(sys.argv[1:])
     except ConfigError as exc:

@@ -15,7 +15,7 @@ Run: ``python bench/bench_search.py [--trials 16 100] [--asha-trials 32]``.
    and against F (a bare trainable doing the same tracking). D/B is printed too; it cannot be
    under 1.25 on a small machine, because F/B (MLflow's own writes) is already above it.
 2. Savings: a 32-trial study with our pruned-aware Optuna TPE and ASHA as configured in
-   ``configs/scheduler/asha.yaml`` (grace 1, reduction 4; 16 epochs) on synthetic learning
+   ``adastft/configs/scheduler/asha.yaml`` (grace 1, reduction 4; 16 epochs) on synthetic learning
    curves, vs the same study with every trial run to the end.
    Target: epochs spent <= 35% of running all to the end.
 3. Where a real study's time goes: ``tune/search.py`` on the README's quickstart (synthetic set,
@@ -28,7 +28,7 @@ Run: ``python bench/bench_search.py [--trials 16 100] [--asha-trials 32]``.
    trials of small training (the synthetic set, smaller clips; the default space's learning rate,
    optimiser, augmentation and front-end switches, sampled at random), every
    trial run to the end (``--scheduler none``). From each trial's raw per-epoch validation clip
-   accuracy: for each rung of the default ASHA (``configs/scheduler/asha.yaml``) and each
+   accuracy: for each rung of the default ASHA (``adastft/configs/scheduler/asha.yaml``) and each
    ``--report`` mode, the Spearman correlation between the trials' ranking by what they would have
    reported at that rung and their final ranking (by the best validation clip accuracy over all
    epochs, what the study selects, and by the test accuracy of that best checkpoint).
@@ -222,7 +222,7 @@ def rank_fidelity(trials: int, epochs: int) -> None:
 
     from tune.report import REPORT_MODES, reported_curve
 
-    sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "configs/scheduler/asha.yaml").read_text()))
+    sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "adastft/configs/scheduler/asha.yaml").read_text()))
     rungs = []
     rung = sched.grace_period
     while rung < epochs:  # ASHA's milestones below max_t
@@ -308,7 +308,7 @@ def overhead_and_asha(args: argparse.Namespace) -> None:
                 times[n] = {k: min(v) for k, v in runs.items()}
             parent.end()
             full = asha_epochs(args.asha_trials, tmp, FIFOScheduler(), "all")
-            sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "configs/scheduler/asha.yaml").read_text()))
+            sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "adastft/configs/scheduler/asha.yaml").read_text()))
             asha = asha_epochs(args.asha_trials, tmp, ASHAScheduler(
                 time_attr="training_iteration", max_t=16, grace_period=sched.grace_period,
                 reduction_factor=sched.reduction_factor), "asha")

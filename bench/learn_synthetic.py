@@ -2,7 +2,7 @@
 
 Run: ``python bench/learn_synthetic.py [--epochs 10]``. Prints validation clip accuracy per epoch
 for each variant side by side (chance is 0.10 with 10 classes) and the final test accuracy.
-Configuration: ``configs/experiment/quickstart.yaml`` (40 clips of 6 s per class, 64 mels, lr 1e-3).
+Configuration: ``adastft/configs/experiment/quickstart.yaml`` (40 clips of 6 s per class, 64 mels, lr 1e-3).
 """
 
 from __future__ import annotations

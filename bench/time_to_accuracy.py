@@ -5,7 +5,7 @@ Run: ``python bench/time_to_accuracy.py [--seeds 3] [--target 0.6]`` (about 10 m
 Both recipes train ``experiment=quickstart`` (the synthetic set: 10 classes, 40 clips of 6 s per
 class, 80 validation clips; chance 0.10) from the same composed configs, differing only in the
 recipe: the original's (one random crop per clip per epoch, validation votes over all parts,
-ExponentialLR per epoch; as ``configs/experiment/original_*.yaml`` pin it) and the defaults
+ExponentialLR per epoch; as ``adastft/configs/experiment/original_*.yaml`` pin it) and the defaults
 (``data.crops_per_clip``, ``data.eval_parts``, ``optim.schedule``, ``optim.warmup_epochs``). Each
 recipe gets about the same wall-time budget (``--epochs-old``, ``--epochs-new``: an epoch of the
 defaults trains on more crops). Two runs at a time, one thread each, queued old and new
@@ -42,7 +42,7 @@ def compose(overrides: list[str]) -> dict:
 
 
 def original_recipe() -> list[str]:
-    """The recipe ``configs/experiment/original_learn_both.yaml`` pins, as overrides."""
+    """The recipe ``adastft/configs/experiment/original_learn_both.yaml`` pins, as overrides."""
     cfg = compose(["experiment=original_learn_both", "data.root=/unused"])
     return [f"{key}={'null' if v is None else v}" for key in RECIPE_KEYS
             for v in [cfg[key.split('.')[0]][key.split('.')[1]]]]

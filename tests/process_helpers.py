@@ -1,14 +1,30 @@
 """Watching what a test's search makes: trial processes (read from /proc), the trials' working
 folders (from the study's state file), Optuna's trial states (shared by the search tests and the
-reliability suite)."""
+reliability suite); the checkout as a clean clone has it (the launcher and package tests)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The files git tracks or would track (not ignored ones) copied to ``dest``: what a clean
+    clone holds, what `ray up` syncs, what ``pip install`` may build in without touching the checkout."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
 
 
 def optuna_states(db: Path) -> list[str]:

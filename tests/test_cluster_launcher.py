@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster_sandbox import (PYTHON_BIN, Sandboxed, free_port, http_ok, ray_auth_home, require_namespaces,
                              short_tmp, wait_for)
+from process_helpers import checkout_copy
 from system_programs import require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +49,6 @@ def _tools() -> None:
                                       ("rsync", shutil.which("rsync")), ("netcat-openbsd", shutil.which("nc")))
              if not found]
     require(still, "apt-get install openssh-server rsync netcat-openbsd", "the cluster launcher test")
-
-
-def _snapshot(dest: Path) -> Path:
-    """The working tree as `ray up` would sync it: files git tracks or would track, not ignored ones."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def _set_env(path: Path, values: dict[str, str]) -> None:
@@ -111,7 +100,7 @@ def test_ray_up_local_yaml_runs_a_search_tracked_by_the_clusters_mlflow(remote_m
     laptop = ray_auth_home(base / "laptop-home")  # this machine as the user's: its own Ray token
     laptop["RAY_UP_enable_autoscaler_v2"] = "1"
 
-    src = _snapshot(base / "src")
+    src = checkout_copy(base / "src")  # what `ray up` syncs
     ports = {key: str(free_port()) for key in ("RAY_PORT", "RAY_DASHBOARD_PORT", "RAY_DASHBOARD_AGENT_PORT",
                                                "MLFLOW_PORT")}
     _set_env(src / "cluster" / "local.env", {**ports, "MLFLOW_WORKERS": "1", "ADASTFT_SHARED": str(base / "shared")})

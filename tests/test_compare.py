@@ -112,7 +112,7 @@ def test_bad_input_is_one_line_before_ray_starts(tmp_path):
         (["--baseline", "learn_kernel", "stft=fixed,learn_both"],
          "compare: error: --baseline 'learn_kernel' is not an arm: give one of 'stft=fixed', 'stft=learn_both'"),
         (["experiment=glob(nothing_*)"], "compare: error: 'experiment=glob(nothing_*)' matches no option of "
-                                         "configs/experiment/"),
+                                         "adastft/configs/experiment/"),
         (["stft=fixed,learn_both", "train.seed=3"], "--seeds sets train.seed"),
     ]
     for args, message in cases:

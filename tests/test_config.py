@@ -193,7 +193,7 @@ def test_the_commands_print_advice_before_work(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(CONFIG_DIR.parent / "tune/search.py"), "--address", f"127.0.0.1:{port}",
+    proc = subprocess.run([sys.executable, str(CONFIG_DIR.parents[1] / "tune/search.py"), "--address", f"127.0.0.1:{port}",
                            "experiment=quickstart", "optim.lr=3", "stft.hop_length=4096"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2

@@ -295,7 +295,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
 def test_bad_flags_and_settings_fail_before_ray_starts(tmp_path):
     cases = [
         (["--trials", "0"], "--trials must be >= 1"),
-        (["--search", "nope"], "--search 'nope' is neither a .yaml file nor in configs/search/"),
+        (["--search", "nope"], "--search 'nope' is neither a .yaml file nor in adastft/configs/search/"),
         (["--search", "default", "optim.lr=-1"], "optim.lr must be > 0"),
         (["--resume", "--name", "ghost"], "--resume: no study 'ghost'"),
         (["--frobnicate"], "unknown flag --frobnicate"),

@@ -50,7 +50,7 @@ def expand_arms(overrides: list[str], config_dir: Path) -> list[Arm]:
             options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
             values = override.value().filter(options)
             if not values:
-                raise SearchError(f"{text!r} matches no option of configs/{group}/ (have: {', '.join(options) or 'none'})")
+                raise SearchError(f"{text!r} matches no option of adastft/configs/{group}/ (have: {', '.join(options) or 'none'})")
         elif override.is_discrete_sweep():
             values = list(override.sweep_string_iterator())
         else:

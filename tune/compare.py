@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # as the search: a killed driver loses no finished trial
 
+from tune.interrupt import command_of  # noqa: E402
 from tune.arms import compose_arm, expand_arms, find_baseline  # noqa: E402
 from tune.cli import add_run_flags, check_run_flags, drive, open_study  # noqa: E402
 from tune.settings import SearchError, absolutise  # noqa: E402
@@ -38,7 +40,7 @@ PROG = "compare"
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python tune/compare.py",
+        prog=shlex.join(command_of(sys.argv[0], "tune/compare.py")),
         description="Compare configurations (arms) over seeds on the search's machinery, with error bars.",
         epilog="Anything else is a Hydra override; sweeps (stft=fixed,learn_both, experiment='glob(original_*)') "
                "make the arms.",

@@ -77,7 +77,17 @@ def resume_command(script: str, argv: list[str], default: str = "tune/search.py"
     """The command line that continues the study ``argv`` (the search's, or the comparison's,
     arguments) started; ``script``: the path to ``search.py`` (``compare.py``) as it was run."""
     args = list(argv) + ([] if "--resume" in argv else ["--resume"])
-    return shlex.join(["python", script if script.endswith(".py") else default, *args])
+    return shlex.join([*command_of(script, default), *args])
+
+
+def command_of(script: str, default: str = "tune/search.py") -> list[str]:
+    """How the user ran this command line: an installed console script (``adastft-search``) by
+    its name, a file (``tune/search.py``) with ``python``; anything else (``python -c``, a
+    test's runner) as ``python <default>``."""
+    name = os.path.basename(script)
+    if name.startswith("adastft-"):
+        return [name]
+    return ["python", script if script.endswith(".py") else default]
 
 
 def report_interrupted(study: str, why: str, command: str, prog: str = "search") -> None:

@@ -6,7 +6,7 @@ quickstart: ``python tune/search.py --trials 6 search=quickstart experiment=quic
 on a cluster: ``ray job submit --working-dir . -- python tune/search.py --trials 100 --address auto
 --storage s3://bucket/adastft ...``.
 
-Overrides are those of ``python -m adastft.train`` plus ``search=<configs/search/*>`` and
+Overrides are those of ``python -m adastft.train`` plus ``search=<adastft/configs/search/*>`` and
 ``scheduler.<key>=...``. Everything is validated before Ray starts. Results: ``<storage>/<name>``
 holds Tune's experiment (trials, checkpoints), the Optuna study (``optuna.db``) and the summary;
 MLflow has one parent run for the study and one child run per trial.
@@ -15,6 +15,7 @@ MLflow has one parent run for the study and one child run per trial.
 from __future__ import annotations
 
 import argparse
+import shlex
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # killed mid-study leaves no trial that ran, or finished, unrecorded for --resume.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
+from tune.interrupt import command_of  # noqa: E402
 from tune.cli import add_run_flags, check_run_flags, drive, open_study  # noqa: E402
 from tune.report import DEFAULT_REPORT, REPORT_MODES  # noqa: E402
 from tune.settings import SearchError, absolutise, check_metric, check_optuna_storage, compose  # noqa: E402
@@ -37,13 +39,13 @@ from tune.settings import SearchError, absolutise, check_metric, check_optuna_st
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python tune/search.py",
+        prog=shlex.join(command_of(sys.argv[0], "tune/search.py")),
         description="Hyper-parameter search over adastft training (Ray Tune + Optuna TPE).",
         epilog="Anything else is a Hydra override, e.g. data=gtzan data.root=/data/gtzan optim=sgd.",
     )
     p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
     p.add_argument("--search", default="default",
-                   help="search space: a name in configs/search/ or a path to a .yaml file (default: default)")
+                   help="search space: a name in adastft/configs/search/ or a path to a .yaml file (default: default)")
     p.add_argument("--scheduler", choices=["asha", "median", "none"], default="asha",
                    help="early stopping on epochs (default asha)")
     p.add_argument("--report", choices=REPORT_MODES, default=DEFAULT_REPORT,

@@ -38,7 +38,7 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
         raise SearchError(f"--search {search!r}: no such file")
     if search_file is None and not (CONFIG_DIR / "search" / f"{search}.yaml").is_file():
         options = sorted(p.stem for p in (CONFIG_DIR / "search").glob("*.yaml"))
-        raise SearchError(f"--search {search!r} is neither a .yaml file nor in configs/search/ (have: {', '.join(options)})")
+        raise SearchError(f"--search {search!r} is neither a .yaml file nor in adastft/configs/search/ (have: {', '.join(options)})")
     extra = [f"+scheduler={scheduler}"] + ([] if search_file else [f"+search={search}"])
     moved = [o for o in overrides if o.startswith(("search.", "scheduler."))]
     rest = [o for o in overrides if o not in moved]

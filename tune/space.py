@@ -1,4 +1,4 @@
-"""Search settings from ``configs/search/*.yaml`` and ``configs/scheduler/*.yaml``, validated.
+"""Search settings from ``adastft/configs/search/*.yaml`` and ``adastft/configs/scheduler/*.yaml``, validated.
 
 The space is a mapping of config keys (``optim.lr``) to distributions; it becomes an Optuna
 define-by-run function, and every key and first point is checked against the training config

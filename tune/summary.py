@@ -124,7 +124,7 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
 
 
 def best_experiment_yaml(best_cfg: Config, study_name: str, trial_id: str, metric: str, value: float) -> str:
-    """The best trial's configuration as a ready-to-run ``configs/experiment/`` file."""
+    """The best trial's configuration as a ready-to-run ``adastft/configs/experiment/`` file."""
     name = f"best_{study_name}"
     data = best_cfg.to_dict()
     data["name"] = name
@@ -136,7 +136,8 @@ def best_experiment_yaml(best_cfg: Config, study_name: str, trial_id: str, metri
     header = (
         "# @package _global_\n"
         f"# The best trial ({trial_id}) of the search {study_name!r}: {metric} {value:.4f}.\n"
-        f"# Copy to configs/experiment/{name}.yaml and run: python -m adastft.train experiment={name}\n"
+        f"# Copy to <dir>/experiment/{name}.yaml and run: adastft-train --config-dir <dir> experiment={name}\n"
+        "# (in a checkout, <dir> may be adastft/configs, and then --config-dir is not needed)\n"
     )
     return redact_text(header + yaml.safe_dump(data, sort_keys=False))  # a file to commit: no credentials
 
