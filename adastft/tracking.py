@@ -340,6 +340,8 @@ class Tracker:
     :func:`check_tracking_uri` first so that a dead server fails in seconds, not minutes.
     """
 
+    active = True
+
     def __init__(
         self,
         tracking_uri: str,
@@ -639,6 +641,7 @@ class Tracker:
 class NullTracker:
     """A :class:`Tracker` that records nothing: for ranks other than 0 and for tracking off."""
 
+    active = False
     run_id = None
     experiment_id = None
 

@@ -27,9 +27,6 @@ class History:
     def report(self, metrics, checkpoint_dir) -> None:
         self.acc.append(metrics["val_clip_accuracy"])
 
-    def should_stop(self) -> bool:
-        return False
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -58,9 +58,6 @@ class Curve:
     def report(self, metrics, checkpoint_dir) -> None:
         self.points.append((time.perf_counter() - self.started, metrics["val_clip_accuracy"]))
 
-    def should_stop(self) -> bool:
-        return False
-
     def heartbeat(self) -> None:
         pass
 

@@ -100,9 +100,6 @@ class TuneReporter:
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         self.watchdog.beat()
 
-    def should_stop(self) -> bool:
-        return False
-
     def heartbeat(self) -> None:
         self.watchdog.beat()
 
@@ -245,9 +242,6 @@ class TrainReporter:
         else:
             ray.train.report(_with_checkpoint_metrics(metrics, 0))
         self.watchdog.beat()
-
-    def should_stop(self) -> bool:
-        return False
 
     def heartbeat(self) -> None:
         self.watchdog.beat()

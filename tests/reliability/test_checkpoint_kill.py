@@ -115,7 +115,7 @@ class Ledger:
                 problems.append(f"{name} at epoch {epoch} has history epochs {[h['epoch'] for h in history]}")
             if state["best_val_clip_accuracy"] != max(h["val_clip_accuracy"] for h in history):
                 problems.append(f"{name}: best_val_clip_accuracy disagrees with its history")
-            for key in ("model", "optimizer", "scheduler", "config", "rng"):
+            for key in ("model", "optimizer", "scheduler", "scaler", "config"):
                 if key not in state:
                     problems.append(f"{name} lacks {key!r}")
         last, best = states.get("last.pt"), states.get("best.pt")

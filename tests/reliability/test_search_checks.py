@@ -150,9 +150,6 @@ class Recorder:
     def report(self, metrics, checkpoint_dir) -> None:
         self.reports.append(dict(metrics))
 
-    def should_stop(self) -> bool:
-        return False
-
     def heartbeat(self) -> None:
         pass
 
