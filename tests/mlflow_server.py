@@ -14,6 +14,14 @@ from pathlib import Path
 import requests
 
 
+def eventually(predicate, what: str, timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds: a tracker sends to a server from a background thread."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

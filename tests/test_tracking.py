@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mlflow_server import MlflowServer, free_port  # noqa: E402
+from mlflow_server import MlflowServer, eventually, free_port  # noqa: E402
 from adastft.tracking import (  # noqa: E402
     PARENT_RUN_TAG,
     NullTracker,
@@ -34,23 +34,19 @@ from adastft.tracking import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite database with its tables made once: creating them costs ~2.5 s."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def uri(tmp_path: Path, empty_store: Path) -> str:
+def uri(tmp_path: Path, empty_mlflow_store: Path) -> str:
     """A fresh real SQLite store per test (a copy of the empty one)."""
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def all_sent(tracker: Tracker) -> bool:
+    return not any(tracker.pending().values())
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -368,6 +364,7 @@ def test_server_down_mid_run_loses_no_metric(server, caplog):
     tracker.log_params({"model": {"depth": 18}})
     for step in range(3):
         tracker.log_metrics({"loss": float(step)}, step=step)
+    eventually(lambda: all_sent(tracker), "the first batches to reach the server")
 
     server.stop()
     with pytest.raises(TrackingUnavailable, match="connection refused"):
@@ -377,9 +374,9 @@ def test_server_down_mid_run_loses_no_metric(server, caplog):
         for step in range(3, 6):
             tracker.log_metrics({"loss": float(step)}, step=step)
         tracker.log_params({"late": 1})
-    assert time.monotonic() - start < 5.0
-    assert tracker.pending() == {"params": 1, "metrics": 3, "tags": 0}
-    assert "MLflow unavailable" in caplog.text
+        assert time.monotonic() - start < 5.0
+        assert tracker.pending() == {"params": 1, "metrics": 3, "tags": 0}
+        eventually(lambda: "MLflow unavailable" in caplog.text, "the outage to be reported")
 
     server.start()
     tracker.end()
@@ -394,6 +391,7 @@ def test_server_down_mid_run_loses_no_metric(server, caplog):
 def test_server_gone_at_end_warns_once_with_lost_count(server, caplog):
     tracker = Tracker(server.uri, "outage", retry_interval=0.0)
     tracker.log_metrics({"loss": 0.0}, step=0)
+    eventually(lambda: all_sent(tracker), "step 0 to reach the server")
     server.stop()
     tracker.log_metrics({"loss": 1.0, "acc": 0.5}, step=1)
     start = time.monotonic()

@@ -152,7 +152,7 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
     outage = faults("MLflow server stopped (SIGSTOP) mid-search, then continued")
     secrets_case = faults("secrets in env, tracking URI and config during a search")
     name = study_name
-    epochs = 10
+    epochs = 20  # about 20 s a trial: they outlast the outage below
     overrides = [o for o in tiny(tmp_path, epochs=epochs, tracking_uri=secret_uri(server)) if not o.startswith("tracking.log_model")]
     args = ["--trials", "2", "--max-concurrent", "2", "--search", str(space_file(tmp_path)), "--name", name,
             "--scheduler", "none", "--verbose", *overrides, "tracking.log_model=true",
@@ -176,12 +176,14 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
             at_stop = _trial_epochs(trial_root)
             os.killpg(server.proc.pid, signal.SIGSTOP)
             stopped = time.monotonic()
-            # stopped until each trial has trained two more epochs (at most 30 s): long enough
-            # for sends to time out and queue, short enough that the trials outlast it
+            # stopped until each trial has trained two more epochs and a trial has reported the
+            # outage (at most 30 s): long enough for the trials' questions to the server to time
+            # out (5 s) while their batches queue, short enough that the trials outlast it
             while time.monotonic() - stopped < 30:
                 time.sleep(0.5)
                 at_cont = _trial_epochs(trial_root)
-                if len(at_cont) == 2 and all(at_cont.get(t, -1) - e >= 2 for t, e in at_stop.items()):
+                if (len(at_cont) == 2 and all(at_cont.get(t, -1) - e >= 2 for t, e in at_stop.items())
+                        and "MLflow unavailable" in log_path.read_text()):
                     break
             os.killpg(server.proc.pid, signal.SIGCONT)
             outage_s = time.monotonic() - stopped
