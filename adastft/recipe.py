@@ -33,7 +33,7 @@ from adastft.model import AdaSTFTClassifier
 from adastft.run_tracking import end_run, last_row, log_frontends, log_results, open_run, sample_other_node, tracking_uri
 from adastft.schedule import build_scheduler
 from adastft.timing import PhaseTimer, totals
-from adastft.tracking import NullTracker, Tracker, check_tracking_uri
+from adastft.tracking import NullTracker, RunTracker, check_tracking_uri
 
 if TYPE_CHECKING:
     from adastft.training import Reporter
@@ -60,7 +60,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     augment: nn.Module | None
     loader: DataLoader  # TrainCrops through a DistributedSampler
-    tracker: Tracker | NullTracker = field(default_factory=NullTracker)
+    tracker: RunTracker = field(default_factory=NullTracker)
     node_sampler: Any = None  # this machine's system metrics, on the first rank of a machine other than rank 0's
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     start_epoch: int = 0

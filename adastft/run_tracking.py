@@ -19,7 +19,7 @@ from adastft import distributed, plots
 from adastft.config import Config
 from adastft.model import AdaSTFTClassifier
 from adastft.timing import PhaseTimer, totals
-from adastft.tracking import (NullTracker, Tracker, default_tracking_uri, start_system_metrics, stop_system_metrics,
+from adastft.tracking import (RunTracker, Tracker, default_tracking_uri, start_system_metrics, stop_system_metrics,
                               ui_link)
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _note_redone_epochs(tracker: Tracker, start_epoch: int) -> None:
                 ",".join(str(s + 1) for s in sorted(redone)), start_epoch, REDONE_TAG)
 
 
-def end_run(tracker: Tracker | NullTracker, node_sampler, status: str) -> None:
+def end_run(tracker: RunTracker, node_sampler, status: str) -> None:
     """Stop this machine's sampler (if it samples one other than rank 0's) and end the run as ``status``."""
     stop_system_metrics(node_sampler, tracker.run_id, timeout=5.0)
     tracker.end(status)
@@ -77,7 +77,7 @@ def samples_its_node(hosts: list[str], rank: int) -> bool:
     return rank > 0 and hosts.index(hosts[rank]) == rank and hosts[rank] != hosts[0]
 
 
-def sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker: Tracker | NullTracker):
+def sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker: RunTracker):
     """DDP over several machines: every machine's system metrics go into rank 0's run, each under
     its own host name. A collective: every rank calls it."""
     if not ctx.distributed or not cfg.tracking.enabled or not cfg.tracking.system_metrics_interval:
