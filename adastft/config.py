@@ -3,21 +3,27 @@
 ``Config.from_dict`` turns a nested mapping (what Hydra composes, what Tune samples into, what a
 checkpoint stores) into dataclasses, rejecting an unknown key or a bad value with one line that
 names it. ``Config.to_dict`` goes back to plain data for MLflow params and checkpoints.
+
+A value is checked by the class that takes it (``AdaSTFT``, ``DataSpec``, the datasets,
+``Augment``, the classifier, the schedule): :meth:`Config.validate` hands each its keys as
+arguments and puts the key in its message (``n_fft must be ...`` -> ``stft.n_fft must be ...``).
+A section's own ``validate`` checks only what no class takes (the optimiser, the run, tracking,
+and what training needs of the splits).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import types
+import inspect
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-
-class ConfigError(ValueError):
-    """A bad configuration key or value; the message is one line naming the key."""
+from adastft.checks import one_of
+from adastft.config_types import ConfigError, build, check_key_of, coerce
+from adastft.layer import SWITCHES, AdaSTFT
+from adastft.layer_checks import min_input_length
 
 
 @dataclass
@@ -54,36 +60,14 @@ class DataConfig:
         """The :class:`adastft.data.DataSpec` these settings describe (validated by it)."""
         from adastft.data import DataSpec
 
-        return DataSpec(
-            source=self.source, root=self.root, cache_dir=self.cache_dir, sample_rate=self.sample_rate,
-            clip_seconds=self.clip_seconds, split=self.split, split_files=self.split_files,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction, seed=self.seed, on_bad=self.on_bad,
-            synthetic_clips_per_class=self.synthetic_clips_per_class,
-        )
+        return _check(DataSpec, "data", _arguments("data", self, DataSpec))
 
     def validate(self, where: str) -> None:
-        _choice(where, "source", self.source, ("synthetic", "gtzan", "folder"))
-        _choice(where, "split", self.split, ("standard", "random"))
-        _choice(where, "on_bad", self.on_bad, ("skip", "error"))
-        _choice(where, "vote", self.vote, ("majority", "mean"))
-        if self.source != "synthetic" and not self.root:
-            raise ConfigError(f"{where}.root must be set for source={self.source!r}: the folder that holds the audio")
-        for name in ("sample_rate", "synthetic_clips_per_class", "parts", "batch_size", "eval_batch_size"):
+        for name in ("batch_size", "eval_batch_size"):
             _positive(where, name, getattr(self, name))
-        if self.crops_per_clip < 1:
-            raise ConfigError(f"{where}.crops_per_clip must be >= 1 (random crops per clip per epoch; 1 is the "
-                              f"original's recipe), got {self.crops_per_clip!r}")
-        if self.eval_parts is not None and self.eval_parts < 1:
-            raise ConfigError(f"{where}.eval_parts must be >= 1 (evaluate on at most that many evenly spaced parts), "
-                              f"or null to vote over every part, got {self.eval_parts!r}")
-        _positive(where, "clip_seconds", self.clip_seconds)
-        for name in ("num_workers", "time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"{where}.num_workers must be >= 0, got {self.num_workers!r}")
         for name in ("val_fraction", "test_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name} must be in [0, 1), got {getattr(self, name)!r}")
             # a run validates every epoch and ends by testing: neither split may be empty
             split = name.split("_")[0]
             if self.split_files is not None and split not in self.split_files and "train" in self.split_files:
@@ -91,28 +75,33 @@ class DataConfig:
             if getattr(self, name) == 0 and self.split_files is None and (self.source, self.split) != ("gtzan", "standard"):
                 raise ConfigError(f"{where}.{name}=0 leaves the {split} split empty, but training needs it: "
                                   f"set it above 0 (e.g. 0.2), or give {where}.split_files with a {split} list")
-        for name in ("noise_snr_db", "gain_db"):
-            value = getattr(self, name)
-            if value is not None and (len(value) != 2 or value[0] > value[1]):
-                raise ConfigError(f"{where}.{name} must be [low, high] with low <= high, got {value!r}")
+
+
+# The stft section's keys are AdaSTFT's arguments, read from its signature with its defaults (not
+# sample_rate: that is data.sample_rate; the learning switches are training's, below), except
+# these defaults of the training recipe:
+STFT_DEFAULTS = {
+    "hop_length": 512,  # the original's; the layer's (torchaudio's) is win_length // 2, also 512 at n_fft=1024 only
+    "compression": "log1p",  # the original's log(1 + log_gain x) into the ResNet; the layer's is torchaudio's none
+}
+
+
+def _layer_fields(layer: type, skip: tuple[str, ...], defaults: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``make_dataclass`` fields for ``layer``'s constructor arguments: name, type hint, default."""
+    hints = typing.get_type_hints(layer.__init__)
+    return [(p.name, hints[p.name], field(default=defaults.get(p.name, p.default)))
+            for p in inspect.signature(layer).parameters.values() if p.name not in skip]
+
+
+StftArguments = dataclasses.make_dataclass(
+    "StftArguments", _layer_fields(AdaSTFT, skip=("sample_rate", *SWITCHES), defaults=STFT_DEFAULTS))
+StftArguments.__module__ = __name__  # where pickle finds it
 
 
 @dataclass
-class StftConfig:
-    n_fft: int = 1024
-    win_length: int | None = None
-    hop_length: int | None = 512
-    n_mels: int | None = 128
-    f_min: float = 0.0
-    f_max: float | None = None
-    window: str = "hann"
-    center: bool = True
-    pad_mode: str = "reflect"
-    power: float = 2.0
-    norm: str | None = None
-    mel_scale: str = "htk"
-    compression: str = "log1p"
-    log_gain: float = 10.0
+class StftConfig(StftArguments):
+    """The stft section: :class:`adastft.AdaSTFT`'s arguments (:data:`StftArguments`) and training's."""
+
     learn_window: bool = False
     learn_kernel: bool = False
     learn_after_epoch: int = 0  # learning (if on) starts at this epoch (0-based)
@@ -126,9 +115,8 @@ class StftConfig:
 
     def layer_kwargs(self, sample_rate: int) -> dict[str, Any]:
         """Arguments for :class:`adastft.AdaSTFT` (learning switches off: training sets them)."""
-        skip = {"learn_window", "learn_kernel", "learn_after_epoch", "lr"}
-        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        return {"sample_rate": sample_rate, **kwargs}
+        return {"sample_rate": sample_rate,
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(StftArguments)}}
 
 
 @dataclass
@@ -139,16 +127,6 @@ class ModelConfig:
     norm: str = "batch"  # batch | instance | none, applied to the spectrogram channels
     dropout: float = 0.2
     pretrained_path: str | None = None  # a local state-dict file for the backbone; never downloaded
-
-    def validate(self, where: str) -> None:
-        from adastft.model import BACKBONES  # torchvision's list, kept in one place
-
-        _choice(where, "backbone", self.backbone, BACKBONES)
-        _choice(where, "n_frontends", self.n_frontends, (1, 3))
-        _choice(where, "activation", self.activation, (None, "leaky_relu"))
-        _choice(where, "norm", self.norm, ("batch", "instance", "none"))
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @dataclass
@@ -161,20 +139,11 @@ class OptimConfig:
     schedule: str = "cosine"  # exponential (ExponentialLR by gamma, per epoch) | cosine (per step)
     warmup_epochs: float = 1.0  # cosine only: linear warm-up over this many epochs (at most half the run), then cosine to 0
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str) -> None:  # the schedule's keys: adastft.schedule.check_schedule
         _choice(where, "name", self.name, ("adamw", "sgd"))
-        _choice(where, "schedule", self.schedule, SCHEDULES)
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
-        if self.warmup_epochs and self.schedule != "cosine":
-            raise ConfigError(f"{where}.warmup_epochs={self.warmup_epochs:g} needs {where}.schedule=cosine "
-                              f"(the exponential schedule has no warm-up): set {where}.schedule=cosine or "
-                              f"{where}.warmup_epochs=0")
         _positive(where, "lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"{where}.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"{where}.gamma must be in (0, 1], got {self.gamma!r}")
 
 
 @dataclass
@@ -197,7 +166,6 @@ class TrainConfig:
                 _positive(where, name, getattr(self, name))
 
 
-SCHEDULES = ("exponential", "cosine")
 TENSOR_FORMATS = ("npy", "pt")
 
 
@@ -239,31 +207,37 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None) -> "Config":
         """Build and validate. Raises :class:`ConfigError` naming the first bad key."""
-        cfg = _build(cls, dict(data or {}), "")
+        cfg = build(cls, dict(data or {}))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate(f.name)
-        try:
-            from adastft.layer import check_arguments
+        """Every value checked once: by the class that takes it, or by its section (what none takes)."""
+        from adastft.data import Augment, SpecAugment, check_parts
+        from adastft.data.vote import check_method
+        from adastft.model import AdaSTFTClassifier
+        from adastft.schedule import check_schedule
 
-            check_arguments(**self.stft.layer_kwargs(self.data.sample_rate))
-        except ValueError as exc:  # the layer names the argument; say where it lives
-            raise ConfigError(f"stft: {exc}") from None
-        try:
-            self.data.spec()
-        except ValueError as exc:  # DataSpec names the field; say where it lives
-            raise ConfigError(f"data: {exc}") from None
-        crop = self.data.clip_seconds / self.data.parts
-        n_fft = self.stft.n_fft
-        if crop * self.data.sample_rate <= n_fft // 2:
+        d = self.data
+        d.spec()
+        _check(check_parts, "data", _arguments("data", d, check_parts))
+        _check(check_method, "data", {"method": ("data.vote", d.vote)})
+        _check(Augment, "data", _arguments("data", d, Augment))
+        _check(SpecAugment, "data", _arguments("data", d, SpecAugment, SPEC_AUGMENT_KEYS))
+        _check(AdaSTFT.check_arguments, "stft",
+               {**_arguments("stft", self.stft, AdaSTFT), "sample_rate": ("data.sample_rate", d.sample_rate)})
+        _check(AdaSTFTClassifier.check_arguments, "model", _arguments("model", self.model,
+                                                                       AdaSTFTClassifier.check_arguments))
+        _check(check_schedule, "optim", _arguments("optim", self.optim, check_schedule))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate(f.name)
+        crop_samples = round(d.clip_seconds * d.sample_rate) // d.parts  # as the datasets cut them
+        if crop_samples < min_input_length(self.stft.n_fft, self.stft.center):
             raise ConfigError(
-                f"data.parts={self.data.parts} makes {crop:.3g} s crops, too short for stft.n_fft={n_fft}: "
-                "use fewer parts or longer clips"
+                f"data.parts={d.parts} makes {d.clip_seconds / d.parts:.3g} s crops, too short for "
+                f"stft.n_fft={self.stft.n_fft}: use fewer parts or longer clips"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,92 +247,84 @@ class Config:
         """A new validated config with dotted-key overrides, ``{"optim.lr": 1e-3}``."""
         data = self.to_dict()
         for dotted, value in overrides.items():
+            check_key(dotted)
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
-                if not isinstance(node.get(key), dict):
-                    raise ConfigError(f"unknown key {dotted!r}: {key!r} is not a config section")
-                node = node[key]
+                node = node.setdefault(key, {}) if node.get(key) is None else node[key]
             node[leaf] = value
         return Config.from_dict(data)
 
-
-def _build(cls: type, data: dict[str, Any], where: str):
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            path = f"{where}.{key}" if where else str(key)
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
-            raise ConfigError(f"unknown key {path!r}{hint}")
-    kwargs = {}
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value if value is not None else {}, path)
-        else:
-            kwargs[name] = _coerce(value, hint, path)
-    return cls(**kwargs)
+    def replaced(self, changes: Mapping[str, Any]) -> "Config":
+        """A copy with dotted-key changes to :data:`RUN_KEYS` only (where the run reads, writes and
+        runs, and how it is recorded), each type-checked but nothing re-validated: moving a file
+        or naming a run changes nothing that was. Example: ``cfg.replaced({"train.out_dir": d})``.
+        Any other key: :meth:`merged`, which validates the whole config."""
+        sections: dict[str, dict[str, Any]] = {}
+        for dotted, value in changes.items():
+            if dotted not in RUN_KEYS:
+                raise ConfigError(f"{dotted!r} is not one of the keys replaced() changes unchecked "
+                                  f"({', '.join(sorted(RUN_KEYS))}): use merged()")
+            name, key = dotted.split(".")
+            hint = typing.get_type_hints(type(getattr(self, name)))[key]
+            sections.setdefault(name, {})[key] = coerce(value, hint, dotted)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **values)
+                                            for name, values in sections.items()})
 
 
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        _, item = typing.get_args(hint)
-        if item is str:  # tags: any scalar, as text
-            return {str(k): str(v) for k, v in value.items()}
-        return {str(k): _coerce(v, item, f"{path}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{path} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise ConfigError(f"{path} must be a finite number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path} must be a string, got {value!r}")
-    raise TypeError(f"config type {hint!r} at {path} is not supported")  # a bug in this module
+# Keys that say where a run reads, writes and runs and how it is recorded, not what it trains.
+RUN_KEYS = frozenset({
+    "data.root", "data.cache_dir", "data.split_files", "model.pretrained_path",
+    "train.out_dir", "train.resume", "train.device", "train.threads",
+    "tracking.uri", "tracking.run_name", "tracking.parent_run_id", "tracking.run_id", "tracking.tags",
+})
+
+
+def check_key(dotted: str) -> None:
+    """Raise :class:`ConfigError` unless ``dotted`` is a key of :class:`Config`:
+    ``unknown key 'train.epoch' (did you mean 'epochs'?)`` (see :func:`check_key_of`)."""
+    check_key_of(Config, dotted)
+
+
+# SpecAugment's arguments and the data keys that give them
+SPEC_AUGMENT_KEYS = {"freq_mask_param": "freq_mask_bins", "time_mask_param": "time_mask_frames",
+                     "n_freq_masks": "freq_masks", "n_time_masks": "time_masks"}
+
+
+def _arguments(where: str, section: Any, owner: Callable[..., Any],
+               renamed: Mapping[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+    """``{argument: (key, value)}`` for each of ``owner``'s arguments that a key of ``section`` gives:
+    the key of the same name, or ``renamed[argument]``."""
+    keys = {f.name for f in dataclasses.fields(section)}
+    out = {}
+    for name in inspect.signature(owner).parameters:
+        key = (renamed or {}).get(name, name)
+        if key in keys:
+            out[name] = (f"{where}.{key}", getattr(section, key))
+    return out
+
+
+_NAME = re.compile(r"\b([a-z_][a-z0-9_]*)(?==)|^([a-z_][a-z0-9_]*)\b")
+
+
+def _check(owner: Callable[..., Any], where: str, arguments: Mapping[str, tuple[str, Any]]) -> Any:
+    """``owner(**{argument: value})`` for ``arguments`` ``{argument: (key, value)}``; its
+    ``ValueError``, which starts with the argument's name, comes back naming the key instead
+    (and each ``argument=`` in it), ``stft.n_fft must be ...``, or prefixed with ``where``."""
+    try:
+        return owner(**{name: value for name, (_, value) in arguments.items()})
+    except ValueError as exc:
+        message, keys = str(exc).strip(), {name: key for name, (key, _) in arguments.items()}
+        first = re.match(r"[a-z_][a-z0-9_]*", message)
+        keyed = _NAME.sub(lambda m: keys.get(m[1] or m[2], m[0]), message)
+        raise ConfigError(keyed if first and first[0] in keys else f"{where}: {keyed}") from None
 
 
 def _choice(where: str, name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        shown = ", ".join("null" if a is None else str(a) for a in allowed)
-        close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1) \
-            if isinstance(value, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{where}.{name} must be one of {shown}, got {value!r}{hint}")
+    try:
+        one_of(f"{where}.{name}", value, allowed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(where: str, name: str, value: Any) -> None:

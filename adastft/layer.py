@@ -7,17 +7,15 @@ any time.
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
-import math
-import warnings
 from typing import Any
 
 import torch
-import torchaudio.functional as AF
 from torch import nn
 
 from adastft import functional as AFN
+from adastft.layer_checks import check_layer_arguments, mel_filters, min_input_length
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,9 @@ class AdaSTFT(nn.Module):
     While the kernel does not learn and still equals the DFT, the spectrogram is computed with
     the FFT (``torch.stft``); otherwise the frames are multiplied by the windowed kernel in one
     matrix product. Both give the same numbers at initialisation.
+
+    Bad arguments raise ``ValueError`` naming the argument and the value;
+    ``AdaSTFT.check_arguments(**kwargs)`` raises the same without building anything.
 
     Defaults are torchaudio's except ``sample_rate=22050`` and ``n_fft=1024`` (GTZAN's rate and
     the usual frame): torchaudio's 16000 / 400 with 128 mels leave 4 mel filters empty, which this
@@ -75,32 +76,15 @@ class AdaSTFT(nn.Module):
         learn_window: bool = False,
         learn_kernel: bool = False,
     ) -> None:
+        given = dict(locals())  # the arguments as passed; ARGUMENTS (the signature) says which
         super().__init__()
-        win_length = n_fft if win_length is None else win_length
-        hop_length = win_length // 2 if hop_length is None else hop_length
-        f_max = sample_rate / 2 if f_max is None else f_max
-        _check_arguments(
-            sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels, window, pad_mode,
-            power, norm, mel_scale, compression, log_gain,
-        )
-        self.sample_rate = int(sample_rate)
-        self.n_fft = int(n_fft)
-        self.win_length = int(win_length)
-        self.hop_length = int(hop_length)
-        self.f_min = float(f_min)
-        self.f_max = float(f_max)
-        self.n_mels = None if n_mels is None else int(n_mels)
-        self.window_name = window
-        self.center = bool(center)
-        self.pad_mode = pad_mode
-        self.power = float(power)
-        self.norm = norm
-        self.mel_scale = mel_scale
-        self.compression = compression
-        self.log_gain = float(log_gain)
+        args = self.check_arguments(**{name: given[name] for name in ARGUMENTS})
+        for name in ARGUMENTS:
+            if name not in SWITCHES:
+                setattr(self, _ATTRIBUTE.get(name, name), args[name])
         self.n_freq = self.n_fft // 2 + 1
 
-        init_window = AFN.make_window(window, self.win_length)
+        init_window = AFN.make_window(self.window_name, self.win_length)
         init_kernel = AFN.dft_kernel(self.n_fft)
         self.window = nn.Parameter(init_window.clone())
         self.kernel = nn.Parameter(init_kernel.clone())
@@ -108,18 +92,27 @@ class AdaSTFT(nn.Module):
         self.register_buffer("initial_window", init_window, persistent=False)
         self.register_buffer("initial_kernel", init_kernel, persistent=False)
         if self.n_mels is not None:
-            with warnings.catch_warnings():  # torchaudio warns of empty filters; we raise below
-                warnings.simplefilter("ignore")
-                fb = AF.melscale_fbanks(
-                    self.n_freq, self.f_min, self.f_max, self.n_mels, self.sample_rate, norm, mel_scale
-                )  # (F, M)
-            _check_filters(fb, self.n_mels, self.n_fft, self.f_min, self.f_max)
+            fb = mel_filters(self.n_freq, self.f_min, self.f_max, self.n_mels, self.sample_rate, self.norm,
+                             self.mel_scale)  # (F, M)
             self.register_buffer("mel_fb", fb)
         else:
             self.mel_fb = None
         # Kernel version last verified equal to the DFT: the FFT path is valid while it holds.
         self._dft_version: int | None = None
         self.set_learning(window=learn_window, kernel=learn_kernel)
+
+    @classmethod
+    def check_arguments(cls, **kwargs: Any) -> dict[str, Any]:
+        """Raise the ``ValueError`` that ``AdaSTFT(**kwargs)`` would, without building the layer: no
+        DFT kernel is allocated, so a config check can run it per trial (``n_fft=131072`` costs a
+        mel filterbank, not 64 GiB). Returns every argument, defaults filled in and ``win_length``,
+        ``hop_length`` and ``f_max`` resolved. An unknown name is a ``TypeError``, as in the
+        constructor. Example: ``AdaSTFT.check_arguments(n_fft=1)`` raises
+        ``ValueError("n_fft must be an integer >= 2, got 1")``.
+        """
+        bound = inspect.signature(cls).bind(**kwargs)
+        bound.apply_defaults()
+        return check_layer_arguments(dict(bound.arguments))
 
     # ---- learning switches -------------------------------------------------------------------
 
@@ -179,7 +172,7 @@ class AdaSTFT(nn.Module):
             )
         lead = x.shape[:-1] if x.dim() > 1 else (1,)
         length = x.shape[-1]
-        minimum = self.n_fft // 2 + 1 if self.center else self.n_fft
+        minimum = min_input_length(self.n_fft, self.center)
         if length < minimum:
             raise ValueError(
                 f"input has {length} samples; n_fft={self.n_fft} with center={self.center} needs at least {minimum}"
@@ -212,23 +205,7 @@ class AdaSTFT(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (without the learning switches) as plain values."""
-        return {
-            "sample_rate": self.sample_rate,
-            "n_fft": self.n_fft,
-            "win_length": self.win_length,
-            "hop_length": self.hop_length,
-            "f_min": self.f_min,
-            "f_max": self.f_max,
-            "n_mels": self.n_mels,
-            "window": self.window_name,
-            "center": self.center,
-            "pad_mode": self.pad_mode,
-            "power": self.power,
-            "norm": self.norm,
-            "mel_scale": self.mel_scale,
-            "compression": self.compression,
-            "log_gain": self.log_gain,
-        }
+        return {name: getattr(self, _ATTRIBUTE.get(name, name)) for name in ARGUMENTS if name not in SWITCHES}
 
     def export_learned(self) -> dict[str, Any]:
         """The learned tensors and the arguments that shape them, as plain detached CPU data.
@@ -327,70 +304,8 @@ class AdaSTFTBank(nn.Module):
         return torch.stack([layer(x) for layer in self.layers], dim=1)  # (B, n, M, T)
 
 
-def check_arguments(
-    sample_rate: int = 22050, n_fft: int = 1024, win_length: int | None = None, hop_length: int | None = None,
-    f_min: float = 0.0, f_max: float | None = None, n_mels: int | None = 128, window: str = "hann",
-    center: bool = True, pad_mode: str = "reflect", power: float = 2.0, norm: str | None = None,
-    mel_scale: str = "htk", compression: str = "none", log_gain: float = 10.0, learn_window: bool = False,
-    learn_kernel: bool = False,
-) -> None:
-    """Raise the ``ValueError`` that ``AdaSTFT(**kwargs)`` would, without building the layer
-    (no DFT kernel): what a config check needs, cheaply enough to run per trial."""
-    win_length = n_fft if win_length is None else win_length
-    hop_length = win_length // 2 if hop_length is None else hop_length
-    f_max = sample_rate / 2 if f_max is None else f_max
-    _check_arguments(sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels, window, pad_mode,
-                     power, norm, mel_scale, compression, log_gain)
-    if n_mels is not None:
-        empty = _empty_filters(int(n_fft) // 2 + 1, float(f_min), float(f_max), int(n_mels), int(sample_rate),
-                               norm, mel_scale)
-        if empty:
-            raise ValueError(_empty_filters_message(empty, n_mels, n_fft, f_min, f_max))
-
-
-@functools.lru_cache(maxsize=64)
-def _empty_filters(n_freq: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm, mel_scale) -> int:
-    with warnings.catch_warnings():  # torchaudio warns of empty filters; the caller raises
-        warnings.simplefilter("ignore")
-        fb = AF.melscale_fbanks(n_freq, f_min, f_max, n_mels, sample_rate, norm, mel_scale)
-    return int((fb.max(dim=0).values == 0).sum())
-
-
-def _empty_filters_message(empty: int, n_mels, n_fft, f_min, f_max) -> str:
-    return (f"n_mels={n_mels} leaves {empty} empty mel filters with n_fft={n_fft} between "
-            f"f_min={f_min:g} and f_max={f_max:g} Hz: use fewer mels or a larger n_fft")
-
-
-def _check_arguments(
-    sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels, window, pad_mode, power,
-    norm, mel_scale, compression, log_gain,
-) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(message)
-
-    need(isinstance(sample_rate, (int, float)) and sample_rate > 0, f"sample_rate must be positive, got {sample_rate!r}")
-    need(isinstance(n_fft, int) and n_fft >= 2, f"n_fft must be an integer >= 2, got {n_fft!r}")
-    need(isinstance(win_length, int) and 1 <= win_length <= n_fft,
-         f"win_length must be an integer in [1, n_fft={n_fft}], got {win_length!r}")
-    need(isinstance(hop_length, int) and hop_length >= 1, f"hop_length must be an integer >= 1, got {hop_length!r}")
-    need(f_min >= 0, f"f_min must be >= 0, got {f_min!r}")
-    need(f_max <= sample_rate / 2, f"f_max must be <= sample_rate / 2 = {sample_rate / 2:g}, got {f_max!r}")
-    need(f_min < f_max, f"f_min must be below f_max={f_max:g}, got {f_min!r}")
-    need(n_mels is None or (isinstance(n_mels, int) and n_mels >= 1),
-         f"n_mels must be a positive integer or None, got {n_mels!r}")
-    need(window in AFN.WINDOWS, f"window must be one of {', '.join(AFN.WINDOWS)}, got {window!r}")
-    need(pad_mode in AFN.PAD_MODES, f"pad_mode must be one of {', '.join(AFN.PAD_MODES)}, got {pad_mode!r}")
-    need(isinstance(power, (int, float)) and math.isfinite(power) and power > 0,
-         f"power must be a positive number, got {power!r}")
-    need(norm in (None, "slaney"), f"norm must be None or 'slaney', got {norm!r}")
-    need(mel_scale in ("htk", "slaney"), f"mel_scale must be 'htk' or 'slaney', got {mel_scale!r}")
-    need(compression in AFN.COMPRESSIONS,
-         f"compression must be one of {', '.join(AFN.COMPRESSIONS)}, got {compression!r}")
-    need(isinstance(log_gain, (int, float)) and log_gain > 0, f"log_gain must be positive, got {log_gain!r}")
-
-
-def _check_filters(fb: torch.Tensor, n_mels: int, n_fft: int, f_min: float, f_max: float) -> None:
-    empty = int((fb.max(dim=0).values == 0).sum())
-    if empty:
-        raise ValueError(_empty_filters_message(empty, n_mels, n_fft, f_min, f_max))
+# The constructor's arguments, in order: the one list of them. The config's stft section
+# (adastft.config.StftConfig) and config() are read from it.
+ARGUMENTS = tuple(inspect.signature(AdaSTFT).parameters)
+SWITCHES = ("learn_window", "learn_kernel")  # learning on or off, not the shape of the STFT
+_ATTRIBUTE = {"window": "window_name"}  # self.window is the learnable tensor

@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from adastft.checks import need, one_of
 from adastft.layer import AdaSTFT, AdaSTFTBank
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,9 @@ BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
+
+ACTIVATIONS = (None, "leaky_relu")  # after the front end; the original's proposal is leaky_relu
+NORMS = ("batch", "instance", "none")  # of the spectrogram channels
 
 
 class AdaSTFTClassifier(nn.Module):
@@ -46,28 +50,17 @@ class AdaSTFTClassifier(nn.Module):
         spec_augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
         channels = len(frontend) if isinstance(frontend, AdaSTFTBank) else 1
-        if channels not in (1, 3):
-            raise ValueError(f"the front end must give 1 or 3 channels, got {channels}")
+        self.check_arguments(num_classes=num_classes, n_frontends=channels, backbone=backbone, activation=activation,
+                             norm=norm, dropout=dropout)
         self.frontend = frontend
         self.channels = channels
-        if activation is None:
-            self.activation = nn.Identity()
-        elif activation == "leaky_relu":
-            self.activation = nn.LeakyReLU(0.01)
-        else:
-            raise ValueError(f"activation must be None or 'leaky_relu', got {activation!r}")
+        self.activation = nn.LeakyReLU(0.01) if activation == "leaky_relu" else nn.Identity()
         norms = {
             "batch": lambda: nn.BatchNorm2d(channels),
             "instance": lambda: nn.InstanceNorm2d(channels, affine=True),
             "none": nn.Identity,
         }
-        if norm not in norms:
-            raise ValueError(f"norm must be one of batch, instance, none, got {norm!r}")
         self.norm = norms[norm]()
         self.spec_augment = spec_augment if spec_augment is not None else nn.Identity()
         net = getattr(torchvision.models, backbone)(weights=None)
@@ -75,6 +68,19 @@ class AdaSTFTClassifier(nn.Module):
             _load_backbone(net, Path(pretrained_path))
         net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, num_classes))
         self.backbone = net
+
+    @staticmethod
+    def check_arguments(*, n_frontends: int, backbone: str, activation: str | None, norm: str, dropout: float,
+                        num_classes: int | None = None) -> None:
+        """Raise the ``ValueError`` the constructor would, without building the ResNet (a config
+        check of resnet152 allocates nothing). ``n_frontends``: 1 for an :class:`AdaSTFT` front
+        end, the bank's length for an :class:`AdaSTFTBank`; ``num_classes=None``: not known yet."""
+        one_of("n_frontends", n_frontends, (1, 3))
+        one_of("backbone", backbone, BACKBONES)
+        one_of("activation", activation, ACTIVATIONS)
+        one_of("norm", norm, NORMS)
+        need(isinstance(dropout, (int, float)) and 0 <= dropout < 1, f"dropout must be in [0, 1), got {dropout!r}")
+        need(num_classes is None or num_classes >= 2, f"num_classes must be >= 2, got {num_classes!r}")
 
     def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised front-end output fed to the ResNet, ``(B, time) -> (B, 3, F, T)``."""
@@ -103,9 +109,15 @@ class AdaSTFTClassifier(nn.Module):
         return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *frontend]
 
 
+def check_backbone_file(path: str | Path) -> None:
+    """A backbone's state dict must be a local file (nothing is downloaded)."""
+    need(Path(path).expanduser().is_file(),
+         f"model.pretrained_path {str(path)!r} is not a file: give a local torchvision state dict")
+
+
 def _load_backbone(net: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise ValueError(f"model.pretrained_path {str(path)!r} is not a file: give a local torchvision state dict")
+    check_backbone_file(path)
+    path = path.expanduser()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle payload or a damaged file

@@ -32,13 +32,9 @@ RECIPE_KEYS = ("data.crops_per_clip", "data.eval_parts", "optim.schedule", "opti
 
 
 def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from adastft.train import compose as compose_config, resolve
 
-    from adastft.train import CONFIG_DIR, resolve
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return resolve(hydra_compose("config", overrides=overrides)).to_dict()
+    return resolve(compose_config(overrides)).to_dict()
 
 
 def original_recipe() -> list[str]:

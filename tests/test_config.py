@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
 from adastft.config import Config, ConfigError
-from adastft.train import CONFIG_DIR, resolve
+from adastft.train import CONFIG_DIR, compose, resolve
 from adastft.training import build_model
 
 GROUPS = ["data", "stft", "model", "optim", "train", "tracking"]
@@ -21,8 +19,7 @@ NEEDS = {"data/gtzan": ["data.root=/data/gtzan"], "data/folder": ["data.root=/da
 
 
 def _compose(overrides: list[str]) -> Config:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return resolve(compose("config", overrides=overrides))
+    return resolve(compose(overrides))
 
 
 def _options():
@@ -82,18 +79,27 @@ BAD = [
     ({"optim": {"name": "adam"}}, "optim.name must be one of adamw, sgd, got 'adam'"),
     ({"train": {"epochs": 2.5}}, "train.epochs must be an integer, got 2.5"),
     ({"data": {"augment": "yes"}}, "data.augment must be true or false, got 'yes'"),
-    ({"data": {"source": "gtzan"}}, "data.root must be set for source='gtzan'"),
+    ({"data": {"source": "gtzan"}}, "data.root is required for data.source='gtzan'"),
+    ({"data": {"source": "gtzn"}}, "data.source must be one of synthetic, gtzan, folder, got 'gtzn' (did you mean "
+                                   "'gtzan'?)"),
     ({"model": {"backbone": "vgg16"}}, "model.backbone must be one of resnet18"),
     ({"model": {"n_frontends": 2}}, "model.n_frontends must be one of 1, 3, got 2"),
-    ({"stft": {"n_fft": 1}}, "stft: n_fft must be an integer >= 2, got 1"),
-    ({"stft": {"window": "gauss"}}, "stft: window must be one of"),
+    ({"stft": {"n_fft": 1}}, "stft.n_fft must be an integer >= 2, got 1"),
+    ({"stft": {"window": "gauss"}}, "stft.window must be one of"),
+    ({"stft": {"n_fft": 64, "hop_length": 32}}, "stft.n_mels=128 leaves 70 empty mel filters with stft.n_fft=64"),
+    ({"data": {"sample_rate": 16000}, "stft": {"f_max": 9000.0}}, "stft.f_max must be <= sample_rate / 2 = 8000"),
     ({"data": {"parts": 1000, "clip_seconds": 6.0}}, "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024"),
-    ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be [low, high] with low <= high"),
+    ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be None or (low, high) with low <= high"),
+    ({"data": {"freq_mask_bins": -1}}, "data.freq_mask_bins must be an integer >= 0, got -1"),
+    ({"data": {"vote": "mena"}}, "data.vote must be one of majority, mean, got 'mena' (did you mean 'mean'?)"),
+    ({"data": {"test_fraction": 1.0}}, "data.test_fraction must be in [0, 1), got 1.0"),
+    ({"model": {"dropout": 1.0}}, "model.dropout must be in [0, 1), got 1.0"),
+    ({"optim": {"gamma": 1.5}}, "optim.gamma must be in (0, 1], got 1.5"),
     ({"train": {"device": "tpu"}}, "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
-    ({"data": {"crops_per_clip": 0}}, "data.crops_per_clip must be >= 1 (random crops per clip per epoch; 1 is the "
-                                      "original's recipe), got 0"),
-    ({"data": {"eval_parts": 0}}, "data.eval_parts must be >= 1 (evaluate on at most that many evenly spaced parts), "
-                                  "or null to vote over every part, got 0"),
+    ({"data": {"crops_per_clip": 0}}, "data.crops_per_clip must be an integer >= 1 (random crops of each clip per "
+                                      "epoch; 1 is the original's recipe), got 0"),
+    ({"data": {"eval_parts": 0}}, "data.eval_parts must be None (vote over every part) or an integer >= 1 (that "
+                                  "many evenly spaced parts), got 0"),
     ({"optim": {"schedule": "cosin"}}, "optim.schedule must be one of exponential, cosine, got 'cosin' "
                                        "(did you mean 'cosine'?)"),
     ({"optim": {"schedule": "exponential", "warmup_epochs": 2}},
@@ -125,6 +131,102 @@ def test_round_trip_and_dotted_overrides():
     assert merged.optim.lr == 0.5 and merged.stft.learn_kernel and not cfg.stft.learn_kernel
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
         cfg.merged({"optim.lrr": 0.5})
+
+
+def test_replaced_changes_where_a_run_goes_without_validating_again(monkeypatch):
+    cfg = Config.from_dict({"optim": {"lr": 1}})
+    monkeypatch.setattr(Config, "validate", lambda self: pytest.fail("replaced() validated"))
+    moved = cfg.replaced({"train.out_dir": "/tmp/run", "tracking.tags": {"trial": 3}, "train.threads": 2})
+    assert (moved.train.out_dir, moved.tracking.tags, moved.train.threads) == ("/tmp/run", {"trial": "3"}, 2)
+    assert moved.optim == cfg.optim and cfg.train.out_dir == "runs/default"
+    with pytest.raises(ConfigError, match="train.threads must be an integer, got 'two'"):
+        cfg.replaced({"train.threads": "two"})  # types are still checked
+    with pytest.raises(ConfigError, match=r"'optim.lr' is not one of the keys replaced\(\) changes unchecked"):
+        cfg.replaced({"optim.lr": 0.5})
+
+
+def test_the_stft_section_is_the_layers_signature():
+    """StftConfig's layer keys and defaults are AdaSTFT's arguments, read from its signature, but for
+    the recipe's STFT_DEFAULTS; stft/fixed.yaml composes to exactly them; the layer reports them."""
+    import dataclasses
+    import inspect
+
+    from adastft import AdaSTFT
+    from adastft.config import STFT_DEFAULTS, StftArguments, StftConfig
+    from adastft.layer import SWITCHES
+
+    params = inspect.signature(AdaSTFT).parameters
+    layer_keys = [f.name for f in dataclasses.fields(StftArguments)]
+    assert layer_keys == [name for name in params if name not in ("sample_rate", *SWITCHES)]
+    assert {f.name: f.default for f in dataclasses.fields(StftArguments)} == \
+        {name: STFT_DEFAULTS.get(name, params[name].default) for name in layer_keys}
+    assert STFT_DEFAULTS == {"hop_length": 512, "compression": "log1p"}
+    assert [f.name for f in dataclasses.fields(StftConfig)] == \
+        layer_keys + ["learn_window", "learn_kernel", "learn_after_epoch", "lr"]
+    assert _compose(["stft=fixed"]).stft == StftConfig() == Config().stft
+    layer = AdaSTFT(**StftConfig(n_fft=512, n_mels=64).layer_kwargs(16000))
+    assert set(layer.config()) == {"sample_rate", *layer_keys}
+    assert (layer.config()["n_fft"], layer.config()["sample_rate"], layer.config()["f_max"]) == (512, 16000, 8000.0)
+
+
+def test_checks_of_heavy_objects_build_none_of_them(monkeypatch):
+    """A 131072-point kernel (64 GiB) and a resnet152 are checked from their arguments alone."""
+    import torchvision
+
+    from adastft import functional
+
+    monkeypatch.setattr(functional, "dft_kernel", lambda *a, **k: pytest.fail("the DFT kernel was built"))
+    monkeypatch.setattr(torchvision.models, "resnet152", lambda *a, **k: pytest.fail("resnet152 was built"))
+    started = time.monotonic()
+    cfg = Config.from_dict({"stft": {"n_fft": 131072, "hop_length": 32768}, "model": {"backbone": "resnet152"},
+                            "data": {"parts": 1, "clip_seconds": 6.0}})
+    assert cfg.stft.n_fft == 131072 and time.monotonic() - started < 10
+
+
+OVERRIDES = [
+    (["stft=learn_bot"], "stft=learn_bot is not an option of stft (did you mean 'learn_both'?; available: fixed, "
+                         "learn_both, learn_kernel, learn_window)"),
+    (["experiment=nope"], "experiment=nope is not an option of experiment (available: original_3stft_learn_both,"),
+    (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    (["++train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    (["trian.epochs=3"], "unknown key 'trian' (did you mean 'train'?)"),
+    (["optim.lr.x=1"], "unknown key 'optim.lr.x': 'optim.lr' is a value, not a config section"),
+    (["optim.lr=[1,2"], "cannot parse override 'optim.lr=[1,2': "),
+    (["stft.n_fft=1"], "stft.n_fft must be an integer >= 2, got 1"),
+    (["tracking.tags.team=a"], "tracking.tags.team is not in the composed config: add it with +tracking.tags.team=a"),
+    (["train.epochs=${nowhere}"], "Interpolation key 'nowhere' not found"),  # Hydra's (OmegaConf's) own, first line
+]
+
+
+@pytest.mark.parametrize("overrides,message", OVERRIDES, ids=[o[0] for o, _ in OVERRIDES])
+def test_overrides_are_checked_before_hydra_composes_them(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        _compose(overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_overrides_reach_the_config():
+    cfg = _compose(["stft=learn_kernel", "stft.n_fft=2048", "+tracking.tags.team=a", "optim.lr=0.01"])
+    stft = cfg.stft
+    assert (stft.learn_kernel, stft.learn_window, stft.n_fft, stft.hop_length) == (True, False, 2048, 512)
+    assert cfg.tracking.tags == {"team": "a"} and cfg.optim.lr == 0.01
+
+
+def test_one_run_validates_its_config_once_and_each_multirun_job_once(tmp_path):
+    """``python -m adastft.train``: the config precheck validated is the one the run trains with;
+    with -m each job's is validated (training is stubbed: only the validations are counted)."""
+    code = (
+        "import sys; import adastft.config as c, adastft.training as t; calls = []; validate = c.Config.validate;"
+        "c.Config.validate = lambda self: (calls.append(1), validate(self))[1];"
+        "t.train = lambda cfg, *a, **k: {'best_val_clip_accuracy': 0.0};"
+        "from adastft.train import main; sys.argv = ['adastft.train', *sys.argv[1:]];"
+        "exec('try: main()\\nexcept SystemExit: pass'); print('validations', len(calls))"
+    )
+    for args, count in ((["tracking=off", f"train.out_dir={tmp_path}/run"], 1),
+                        (["-m", "tracking=off", "train.seed=0,1"], 2)):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert f"validations {count}" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

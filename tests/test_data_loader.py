@@ -78,7 +78,8 @@ def test_crops_per_clip_draws_that_many_crops_of_every_clip(ramp_store):
         assert label == ramp_store.labels[i]
     starts = {int(_positions(ds[k][0])[0]) for k in range(3)}
     assert len(starts) == 3  # three different crops of the first clip
-    with pytest.raises(ValueError, match="crops_per_clip must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"crops_per_clip must be an integer >= 1 \(random crops of each clip per "
+                                         r"epoch; 1 is the original's recipe\), got 0"):
         TrainCrops(ramp_store, parts=4, crops_per_clip=0)
 
 
@@ -91,7 +92,8 @@ def test_eval_parts_picks_evenly_spaced_segments(ramp_store):
     segments, label = some[1]
     assert segments.shape == (2, 100) and label == every[1][1]
     assert torch.equal(segments, every[1][0][[1, 3]])
-    with pytest.raises(ValueError, match="eval_parts must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"eval_parts must be None \(vote over every part\) or an integer >= 1 "
+                                         r"\(that many evenly spaced parts\), got 0"):
         EvalParts(ramp_store, split="test", parts=4, eval_parts=0)
 
 

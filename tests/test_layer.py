@@ -9,7 +9,6 @@ import torch
 import torchaudio
 
 from adastft import AdaSTFT, AdaSTFTBank
-from adastft.layer import check_arguments
 
 
 def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -296,7 +295,43 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdaSTFT(**kwargs)
     with pytest.raises(ValueError, match=message):  # the config check's cheap path agrees
-        check_arguments(**kwargs)
+        AdaSTFT.check_arguments(**kwargs)
+
+
+def test_check_arguments_resolves_like_the_constructor_and_config_comes_from_the_signature():
+    import inspect
+
+    from adastft.layer import ARGUMENTS, SWITCHES
+
+    args = AdaSTFT.check_arguments(sample_rate=16000, n_fft=512, n_mels=64)  # no kernel is built
+    assert (args["win_length"], args["hop_length"], args["f_max"]) == (512, 256, 8000.0)
+    assert tuple(args) == ARGUMENTS == tuple(inspect.signature(AdaSTFT).parameters)
+    layer = AdaSTFT(sample_rate=16000, n_fft=512, n_mels=64, window="hamming")
+    assert layer.config() == {**{k: v for k, v in args.items() if k not in SWITCHES}, "window": "hamming"}
+    with pytest.raises(TypeError, match="nfft"):  # an unknown name, as in the constructor
+        AdaSTFT.check_arguments(nfft=512)
+    with pytest.raises(ValueError, match=r"window must be one of .*, got 'han' \(did you mean 'hann'\?\)"):
+        AdaSTFT.check_arguments(window="han")
+
+
+def test_classifier_checks_its_arguments_without_building_the_backbone(monkeypatch):
+    import torchvision
+
+    from adastft.model import AdaSTFTClassifier
+
+    monkeypatch.setattr(torchvision.models, "resnet152", lambda *a, **k: pytest.fail("resnet152 was built"))
+    good = dict(n_frontends=1, backbone="resnet152", activation=None, norm="batch", dropout=0.2)
+    AdaSTFTClassifier.check_arguments(**good)
+    for bad, message in [(dict(n_frontends=2), "n_frontends must be one of 1, 3, got 2"),
+                         (dict(backbone="resnet15"), r"backbone must be one of resnet18, .*, got 'resnet15' \(did you"),
+                         (dict(activation="relu"), "activation must be one of None, leaky_relu, got 'relu'"),
+                         (dict(norm="layer"), "norm must be one of batch, instance, none, got 'layer'"),
+                         (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+                         (dict(num_classes=1), "num_classes must be >= 2, got 1")]:
+        with pytest.raises(ValueError, match=message):
+            AdaSTFTClassifier.check_arguments(**{**good, **bad})
+    with pytest.raises(ValueError, match="n_frontends must be one of 1, 3, got 2"):  # the constructor agrees
+        AdaSTFTClassifier(AdaSTFTBank(2, n_fft=256, n_mels=32), num_classes=10)
 
 
 @pytest.mark.parametrize(

@@ -24,14 +24,13 @@ class SearchError(ValueError):
 
 
 def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, SearchSpec, SchedulerSpec]:
-    """The training config, the search space and the scheduler, validated."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
+    """The training config, the search space and the scheduler, validated. The overrides are
+    checked and composed by :func:`adastft.train.compose` (``search.*`` and ``scheduler.*`` keys are
+    the space's and the scheduler's: ``SearchSpec`` and ``SchedulerSpec`` check them)."""
     import yaml
     from omegaconf import OmegaConf, open_dict
 
-    from adastft.train import CONFIG_DIR, resolve
+    from adastft.train import CONFIG_DIR, compose as compose_config, resolve
 
     search_file = Path(search).expanduser() if search.endswith((".yaml", ".yml")) else None
     if search_file is not None and not search_file.is_file():
@@ -42,11 +41,7 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
     extra = [f"+scheduler={scheduler}"] + ([] if search_file else [f"+search={search}"])
     moved = [o for o in overrides if o.startswith(("search.", "scheduler."))]
     rest = [o for o in overrides if o not in moved]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            dcfg = hydra_compose("config", overrides=rest + extra + moved)
-    except HydraException as exc:
-        raise SearchError(str(exc).strip().splitlines()[0]) from None
+    dcfg = compose_config(rest + extra + moved, sections=("search", "scheduler"))  # ConfigError, one line
     if search_file is not None:
         try:
             search_data = OmegaConf.to_container(OmegaConf.load(search_file), resolve=True)

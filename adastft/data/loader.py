@@ -13,14 +13,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from adastft.checks import need
 from adastft.data.store import ClipStore
+
+
+def check_parts(parts: int, crops_per_clip: int = 1, eval_parts: int | None = None) -> None:
+    """The datasets' own arguments, checked without a store (what a config check needs)."""
+    need(_positive_int(parts), f"parts must be a positive integer, got {parts!r}")
+    need(_positive_int(crops_per_clip), "crops_per_clip must be an integer >= 1 (random crops of each clip per "
+                                        f"epoch; 1 is the original's recipe), got {crops_per_clip!r}")
+    need(eval_parts is None or _positive_int(eval_parts),
+         "eval_parts must be None (vote over every part) or an integer >= 1 (that many evenly spaced parts), "
+         f"got {eval_parts!r}")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _check(store: ClipStore, split: str, parts: int) -> tuple[np.ndarray, int]:
     if not isinstance(store, ClipStore):
         raise ValueError(f"store must be a ClipStore (from prepare), got {type(store).__name__}")
-    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
-        raise ValueError(f"parts must be a positive integer, got {parts!r}")
+    check_parts(parts)
     crop = store.clip_samples // parts
     if crop < 1:
         raise ValueError(f"parts={parts} leaves no samples per part of a {store.clip_samples}-sample clip; use fewer parts")
@@ -30,18 +44,13 @@ def _check(store: ClipStore, split: str, parts: int) -> tuple[np.ndarray, int]:
     return indices, crop
 
 
-def _at_least_one(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def spaced_parts(parts: int, eval_parts: int | None) -> list[int]:
     """The segments, of ``parts``, that evaluation uses: at most ``eval_parts``, evenly spaced (each
     the middle one of its share of the clip), ``spaced_parts(6, 3) == [1, 3, 5]``,
     ``spaced_parts(6, 1) == [3]``; all of them for ``None`` or ``eval_parts >= parts`` (a search may
     sample ``parts`` below the evaluation's count)."""
-    if eval_parts is None or _at_least_one("eval_parts", eval_parts) >= parts:
+    check_parts(parts, eval_parts=eval_parts)
+    if eval_parts is None or eval_parts >= parts:
         return list(range(parts))
     return [int((i + 0.5) * parts / eval_parts) for i in range(eval_parts)]
 
@@ -67,7 +76,8 @@ class TrainCrops(Dataset):
         self.split = split
         self.parts = parts
         self.indices, self.crop_samples = _check(store, split, parts)
-        self.crops_per_clip = _at_least_one("crops_per_clip", crops_per_clip)
+        check_parts(parts, crops_per_clip=crops_per_clip)
+        self.crops_per_clip = crops_per_clip
         self.seed = int(seed)
         self.epoch = 0
         self._rng: np.random.Generator | None = None

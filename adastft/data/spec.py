@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from adastft.checks import need, one_of
 from adastft.data import synthetic
 from adastft.data.cache import FORMAT, Row, cache_key, ensure_cache, file_fingerprints, write_cache
 from adastft.data.decode import BadAudio, BadAudioWarning, decode_file
@@ -78,11 +79,7 @@ class DataSpec:
     extensions: tuple[str, ...] = field(default=AUDIO_EXTENSIONS)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        one_of("source", self.source, SOURCES)
         if self.source == "synthetic":
             need(self.root is None, f"root is not used by source='synthetic', got {self.root!r}; drop it or pick source='gtzan'|'folder'")
         else:
@@ -95,7 +92,7 @@ class DataSpec:
         need(isinstance(self.clip_seconds, (int, float)) and self.clip_seconds > 0,
              f"clip_seconds must be positive, got {self.clip_seconds!r}")
         object.__setattr__(self, "clip_seconds", float(self.clip_seconds))
-        need(self.split in ("standard", "random"), f"split must be 'standard' or 'random', got {self.split!r}")
+        one_of("split", self.split, ("standard", "random"))
         if self.split_files is not None:
             need(isinstance(self.split_files, dict) and set(self.split_files) <= set(SPLITS) and "train" in self.split_files,
                  f"split_files must be a dict with keys among {', '.join(SPLITS)} including 'train', got {self.split_files!r:.80}")
@@ -106,7 +103,7 @@ class DataSpec:
         need(self.val_fraction + self.test_fraction < 1,
              f"val_fraction + test_fraction must be below 1, got {self.val_fraction + self.test_fraction:g}")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
-        need(self.on_bad in ("skip", "error"), f"on_bad must be 'skip' or 'error', got {self.on_bad!r}")
+        one_of("on_bad", self.on_bad, ("skip", "error"))
         need(isinstance(self.min_clip_fraction, (int, float)) and 0 < self.min_clip_fraction <= 1,
              f"min_clip_fraction must be in (0, 1], got {self.min_clip_fraction!r}")
         need(isinstance(self.synthetic_clips_per_class, int) and self.synthetic_clips_per_class >= 1,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from adastft.checks import one_of
+
 METHODS = ("majority", "mean")
+
+
+def check_method(method: str) -> None:
+    """``method`` must be one of :data:`METHODS` (what :func:`vote` checks first; a config checks it early)."""
+    one_of("method", method, METHODS)
 
 
 def vote(logits: torch.Tensor, method: str = "majority") -> torch.Tensor:
@@ -16,8 +23,7 @@ def vote(logits: torch.Tensor, method: str = "majority") -> torch.Tensor:
 
     Example: ``vote(model(x.flatten(0, 1)).view(clips, parts, -1))``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_method(method)
     if not torch.is_tensor(logits) or logits.dim() != 3 or not torch.is_floating_point(logits):
         shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
         raise ValueError(f"logits must be a float tensor (clips, parts, classes), got {shape}")
