@@ -56,7 +56,7 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 import ray  # noqa: E402
 from optuna.samplers import TPESampler  # noqa: E402
-from ray import tune  # noqa: E402
+from ray import tune as ray_tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 
 from adastft.checkpoint import save_checkpoint  # noqa: E402
@@ -64,6 +64,7 @@ from adastft.config import Config  # noqa: E402
 from adastft.tracking import Tracker, flatten  # noqa: E402
 from tune.optuna_search import PrunedAwareOptunaSearch  # noqa: E402
 from tune.space import SchedulerSpec, SearchSpec  # noqa: E402
+from tune.study import StudySettings  # noqa: E402
 from tune.trainable import run_trial  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -90,7 +91,7 @@ def noop_train(cfg: Config, reporter) -> dict:
 
 def bare_trial(config: dict) -> None:
     for epoch in range(EPOCHS):
-        tune.report({"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch})
+        ray_tune.report({"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch})
 
 
 def bare_trial_checkpointed(config: dict) -> None:
@@ -99,8 +100,8 @@ def bare_trial_checkpointed(config: dict) -> None:
     for epoch in range(EPOCHS):
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "last.pt").write_bytes(b"\0" * 1024)
-            tune.report({"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            ray_tune.report({"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch},
+                            checkpoint=ray_tune.Checkpoint.from_directory(tmp))
 
 
 def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, parent_run_id: str,
@@ -113,7 +114,7 @@ def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, pare
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = ray_tune.get_context().get_trial_id()
     run_id = client.create_run(experiment_id, run_name=f"bare-{trial_id}", tags={
         "mlflow.parentRunId": parent_run_id, "tune_trial_id": trial_id}).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
@@ -123,7 +124,7 @@ def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, pare
         client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()], synchronous=True)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"epoch": epoch, "config": params}, Path(tmp, "last.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(tmp))
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -139,14 +140,14 @@ def bare_trial_with_stack(config: dict) -> None:
 
 def timed_fit(trainable, trials: int, storage: str, name: str, concurrent: int, reuse: bool = True) -> float:
     started = time.perf_counter()
-    tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"optim.lr": tune.grid_search([1e-3 * (i + 1) for i in range(trials)])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=reuse),  # True: as tune/run.py
+    ray_tune.Tuner(
+        ray_tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"optim.lr": ray_tune.grid_search([1e-3 * (i + 1) for i in range(trials)])},
+        tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=reuse),  # True: as tune/run.py
         # as tune/run.py: one checkpoint kept per trial (Tune then saves its experiment state after
         # each checkpoint; a trainable that reports none pays nothing for it)
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        run_config=ray_tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1)),
     ).fit()
     return time.perf_counter() - started
 
@@ -156,7 +157,7 @@ def curve(config: dict) -> None:
     quality = math.exp(-((math.log10(config["optim.lr"]) + 3.0) ** 2))  # best near lr 1e-3
     ceiling = 0.3 + 0.6 * quality * (0.8 if config["stft.learn_window"] else 0.7)
     for epoch in range(1, 17):
-        tune.report({"val_clip_accuracy": ceiling * (1 - math.exp(-epoch / 4))})
+        ray_tune.report({"val_clip_accuracy": ceiling * (1 - math.exp(-epoch / 4))})
 
 
 def asha_epochs(trials: int, storage: str, scheduler, name: str) -> int:
@@ -167,11 +168,11 @@ def asha_epochs(trials: int, storage: str, scheduler, name: str) -> int:
         space=spec.define_by_run(), metric=spec.metric, mode=spec.mode,
         sampler=TPESampler(seed=0, n_startup_trials=8, multivariate=True, constant_liar=True),
         study_name=name, storage=optuna.storages.RDBStorage(f"sqlite:///{storage}/{name}.db"), max_epochs=16)
-    results = tune.Tuner(
-        tune.with_resources(curve, {"cpu": 0.5}),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=trials, max_concurrent_trials=4),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+    results = ray_tune.Tuner(
+        ray_tune.with_resources(curve, {"cpu": 0.5}),
+        tune_config=ray_tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                                        num_samples=trials, max_concurrent_trials=4),
+        run_config=ray_tune.RunConfig(name=name, storage_path=storage, verbose=0),
     ).fit()
     return sum(int(r.metrics.get("training_iteration", 0)) for r in results)
 
@@ -287,13 +288,13 @@ def overhead_and_asha(args: argparse.Namespace) -> None:
             base = Config.from_dict({"tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench"},
                                      "data": {"cache_dir": f"{tmp}/cache"}})
             parent = Tracker(base.tracking.uri, "bench", run_name="bench-study")
-            study = {"name": "bench", "parent_run_id": parent.run_id, "experiment": "bench",
-                     "tracking_uri": base.tracking.uri, "notes_dir": f"{tmp}/notes", "stall_timeout_s": 600.0,
-                     "work_key": f"bench-{os.getpid()}"}
-            ours = tune.with_parameters(run_trial, base=base.to_dict(), study=study, train_fn=noop_train)
-            tracked = tune.with_parameters(bare_trial_tracked, tracking_uri=base.tracking.uri,
-                                           experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                                           params=flatten(base.to_dict()))
+            study = StudySettings(name="bench", work_key=f"bench-{os.getpid()}", notes_dir=f"{tmp}/notes",
+                                  storage_path=tmp, parent_run_id=parent.run_id, tracking_uri=base.tracking.uri,
+                                  experiment="bench", stall_timeout_s=600.0)
+            ours = ray_tune.with_parameters(run_trial, base=base, study=study, train_fn=noop_train)
+            tracked = ray_tune.with_parameters(bare_trial_tracked, tracking_uri=base.tracking.uri,
+                                               experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
+                                               params=flatten(base.to_dict()))
             # per size: alternate, twice, so drift hits all alike; keep the faster of each
             times = {}
             for n in args.trials:

@@ -45,7 +45,7 @@ def trial_work_root(exp_dir: Path) -> Path:
     study has started: its key is in the study's state file, so stale folders never match."""
     from tune.trainable import work_root
 
-    return work_root(json.loads((Path(exp_dir) / "adastft_study.json").read_text()))
+    return work_root(json.loads((Path(exp_dir) / "adastft_study.json").read_text())["work_key"])
 
 
 def remove_trial_work(study_name: str) -> None:

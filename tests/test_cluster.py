@@ -217,7 +217,7 @@ def test_aws_yaml_goes_through_the_launchers_aws_bootstrap(mocked_aws):
 
 def test_launcher_capacity_counts_the_workers_an_autoscaling_cluster_can_start(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT))
-    from tune.settings import _cluster_span, launcher_capacity
+    from tune.cluster_checks import _cluster_span, launcher_capacity
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert launcher_capacity() is None and _cluster_span([{"Alive": True}]) is None

@@ -341,7 +341,7 @@ def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_
     retry must resume from Tune's checkpoint, or its epoch count (and so PRUNED vs COMPLETE in
     Optuna) would be off by one. The best epoch's weights come from its own checkpoint folder in
     storage, found by its epoch.json; a best epoch that is the latest is one file, linked."""
-    from ray import tune
+    from ray import tune as ray_tune
 
     from tune.checkpoints import restore, trim
     from tune.optuna_search import epochs_done
@@ -362,10 +362,10 @@ def test_a_retry_restores_tunes_checkpoint_and_drops_files_written_after_it(tmp_
         (folder / "epoch.json").write_text(json.dumps({"epoch": epoch, "best_epoch": best}))
     (out / "last.pt").write_text("epoch 3, never reported")
     (out / "best.pt").write_text("epoch 3, never reported")
-    restore(tune.Checkpoint.from_directory(str(storage / "checkpoint_000001")), out)
+    restore(ray_tune.Checkpoint.from_directory(str(storage / "checkpoint_000001")), out)
     assert (out / "last.pt").read_text() == "epoch 2" and (out / "best.pt").read_text() == "epoch 0"
 
-    restore(tune.Checkpoint.from_directory(str(storage / "checkpoint_000000")), out)  # the best is the latest
+    restore(ray_tune.Checkpoint.from_directory(str(storage / "checkpoint_000000")), out)  # the best is the latest
     assert (out / "last.pt").read_text() == "epoch 0" and (out / "best.pt").samefile(out / "last.pt")
 
     # a trial keeps its latest folder (stopped, mid-study), its best (kept at the end) or none
@@ -392,8 +392,8 @@ def test_a_trial_sweeps_its_studys_stale_working_folders(tmp_path, monkeypatch):
     from tune.trainable import OWNER_FILE, claim_work_dir, work_root
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    study_info = {"work_key": "sweep-0123abcd"}
-    root = work_root(study_info)
+    work_key = "sweep-0123abcd"
+    root = work_root(work_key)
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "60"])
@@ -404,7 +404,7 @@ def test_a_trial_sweeps_its_studys_stale_working_folders(tmp_path, monkeypatch):
             (root / name / "last.pt").write_bytes(b"x")
             if pid is not None:
                 (root / name / OWNER_FILE).write_text(str(pid))
-        out_dir = claim_work_dir(study_info, "new")
+        out_dir = claim_work_dir(work_key, "new")
         assert out_dir == root / "new" and (out_dir / OWNER_FILE).read_text() == str(os.getpid())
         assert sorted(p.name for p in root.iterdir()) == ["alive", "new", "unowned"]
     finally:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow.fs as pafs
-from ray import tune
+from ray import tune as ray_tune
 
 from tune.optuna_search import epochs_done
 from tune.study_dir import storage_filesystem
@@ -183,7 +183,7 @@ def checkpoint_root(checkpoint, metrics: Mapping[str, Any] | None, storage: str)
     return fs, posixpath.dirname(str(path).rstrip("/"))
 
 
-class CheckpointRetention(tune.Callback):
+class CheckpointRetention(ray_tune.Callback):
     """Trims the checkpoints of a trial the scheduler stopped, when it stops, to its latest.
 
     The latest stays until the study ends, for finished trials too: a driver killed before its

@@ -17,7 +17,9 @@ from typing import Callable
 from adastft.config import Config, ConfigError
 from adastft.tracking import TrackingUnavailable, check_tracking_uri
 from tune.lock import StudyLock
-from tune.settings import SearchError, check_storage, check_study_name, plan_resources, storage_root
+from tune.cluster_checks import plan_resources
+from tune.settings import SearchError
+from tune.store_checks import check_storage, check_study_name, storage_root
 from tune.study_dir import StudyDir
 
 

@@ -14,26 +14,27 @@ from pathlib import Path
 
 import ray
 import yaml
-from ray import tune
+from ray import tune as ray_tune
 
 from adastft.config import Config
 from adastft.tracking import ui_link
 from tune.checkpoints import keep_best_trials
 from tune.compare_stats import METRICS, comparison, format_table, plot_comparison
 from tune.driver import (announce, fit_and_end, for_trials, open_state, parent_run, plan_trials, restore_point,
-                         run_config, start, study_info, trial_resources)
+                         run_config, start, study_settings, trial_resources)
+from tune.study import StudySettings
 from tune.study_dir import StudyDir
 from tune.summary import TrialRunCallback
 from tune.trainable import find_trial_run, run_ddp_trial, run_trial
 
 
-def run_arm(config: dict, arms: dict, study: dict) -> None:
+def run_arm(config: dict, arms: dict[str, Config], study: StudySettings) -> None:
     """One trial of the grid: the arm's config with ``train.seed`` = the seed, tagged with both;
-    in one process, or as a DDP job of ``study['workers']`` workers."""
+    in one process, or as a DDP job of ``study.workers`` workers."""
     base = arms[config["arm"]]
-    tags = {**base["tracking"]["tags"], "arm": config["arm"], "seed": str(config["seed"])}
+    tags = {**base.tracking.tags, "arm": config["arm"], "seed": str(config["seed"])}
     params = {"train.seed": config["seed"], "tracking.tags": tags}
-    if study["workers"] == 1:
+    if study.workers == 1:
         run_trial(params, base, study)
     else:
         run_ddp_trial(params, base, study)
@@ -46,34 +47,34 @@ def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str,
     try:
         first = configs[arms[0]]
         plan, _ = plan_trials(args, first, storage)
-        bases = {name: for_trials(cfg, plan).to_dict() for name, cfg in configs.items()}
+        bases = {name: for_trials(cfg, plan) for name, cfg in configs.items()}
         params = {"compare": {"arms": arms, "seeds": args.seeds, "baseline": baseline}}
         state, parent = open_state(study_dir, args.name, lambda state: parent_run(args.name, first, "compare", params,
                                                                                  state))
-        study = study_info(args, first, parent, state, study_dir, storage, plan)
+        study = study_settings(args, first, parent, state, study_dir, storage, plan)
         seeds = list(range(args.seeds))
         announce(f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials",
                  plan, f"baseline {baseline!r}", storage, args.name, parent)
 
         storage_path, storage_fs, exp_path, restoring = restore_point(args, storage, study)
         _, resources = trial_resources(args, plan)
-        trainable = tune.with_resources(tune.with_parameters(run_arm, arms=bases, study=study), resources)
+        trainable = ray_tune.with_resources(ray_tune.with_parameters(run_arm, arms=bases, study=study), resources)
         epochs = min(cfg.train.epochs for cfg in configs.values())
         callbacks = [TrialRunCallback(study, epochs)] if first.tracking.enabled else []
         if restoring:
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True, storage_filesystem=storage_fs)
+            tuner = ray_tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True, storage_filesystem=storage_fs)
         else:
-            tuner = tune.Tuner(
-                trainable, param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(seeds)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=plan["concurrent"], reuse_actors=True),
+            tuner = ray_tune.Tuner(
+                trainable, param_space={"arm": ray_tune.grid_search(arms), "seed": ray_tune.grid_search(seeds)},
+                tune_config=ray_tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=True),
                 run_config=run_config(args, storage_path, storage_fs, callbacks, study_dir))
-        return fit_and_end(tuner, args, stops, state["work_key"], study, parent, study_dir, lambda results: _summarise(
-            args, arms, baseline, results, study, parent, study_dir, storage, started), prog="compare")
+        return fit_and_end(tuner, args, stops, study, parent, study_dir, lambda results: _summarise(
+            args, arms, baseline, results, study, parent, study_dir, started), prog="compare")
     finally:
         ray.shutdown()
 
 
-def trial_rows(results, study: dict) -> list[dict]:
+def trial_rows(results, study: StudySettings) -> list[dict]:
     """One row per trial of the grid: arm, seed, the compared metrics, error, MLflow run."""
     rows = []
     for result in results:
@@ -82,16 +83,16 @@ def trial_rows(results, study: dict) -> list[dict]:
         row = {"arm": config.get("arm"), "seed": config.get("seed"), "trial_id": trial_id,
                "epochs": metrics.get("training_iteration"), "error": str(result.error).splitlines()[0] if result.error else None}
         row.update({metric: metrics.get(metric) for metric, _ in METRICS})
-        row["mlflow_run_id"] = find_trial_run(study, trial_id) if study.get("parent_run_id") else None
+        row["mlflow_run_id"] = find_trial_run(study, trial_id)  # None with tracking off
         rows.append(row)
     return sorted(rows, key=lambda r: (str(r["arm"]), int(r["seed"] or 0)))
 
 
-def _summarise(args, arms: list[str], baseline: str, results, study: dict, parent, study_dir: StudyDir, storage: str,
+def _summarise(args, arms: list[str], baseline: str, results, study: StudySettings, parent, study_dir: StudyDir,
                started: float) -> int:
     rows = trial_rows(results, study)
     # every trial's best model is in its MLflow run (checkpoint/best_model.pt): Tune's full-state copies go
-    keep_best_trials(results, [], 0 if study.get("parent_run_id") else None, storage)
+    keep_best_trials(results, [], 0 if study.parent_run_id else None, study.storage_path)
     table = comparison([r for r in rows if not r["error"]], arms, baseline)
     text = format_table(table, baseline, args.seeds)
     out = study_dir.path / "summary"
@@ -109,7 +110,7 @@ def _summarise(args, arms: list[str], baseline: str, results, study: dict, paren
           + (f", {len(failed)} failed: " + ", ".join(f"{r['arm']} seed {r['seed']} ({r['error']})" for r in failed)
              if failed else ""))
     if parent.run_id:
-        print(f"  MLflow UI: {ui_link(study['tracking_uri'], parent.experiment_id)}")
+        print(f"  MLflow UI: {ui_link(study.tracking_uri, parent.experiment_id)}")
     print(f"  table and plot: {study_dir.location('summary/comparison.txt')}, comparison.png\n")
     print(text, flush=True)
     return 0 if not failed else 1

@@ -7,6 +7,7 @@ interrupted), and the trials' working folders.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,60 +15,64 @@ import shutil
 import uuid
 
 import ray
-from ray import tune
+from ray import tune as ray_tune
 
 from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker
 
 from tune.checkpoints import SCORE
+from tune.cluster_checks import (TrialPlan, check_cluster, cluster_resources, custom_resource_slots, plan_resources,
+                                 run_on_nodes)
 from tune.interrupt import Interrupted, StopSignals, report_interrupted
-from tune.settings import (ROOT, SearchError, check_cluster, cluster_resources, launcher_capacity, plan_resources,
-                           run_on_nodes)
+from tune.settings import ROOT, SearchError
+from tune.study import StudySettings
 from tune.study_dir import STATE_FILE, StudyDir, storage_filesystem
 from tune.trainable import TRIAL_TAG, WORK_DIRS, run_ddp_trial, run_trial
 
 log = logging.getLogger("adastft.search")
 
 
-def plan_trials(args: argparse.Namespace, base: Config, storage: str) -> tuple[dict, Config]:
-    """After Ray started: the cluster checked, the trials' resources planned (``plan``: cpus, gpus,
-    workers per trial, concurrent), and ``base`` with the device and threads a trial gets."""
+def plan_trials(args: argparse.Namespace, base: Config, storage: str) -> tuple[TrialPlan, Config]:
+    """After Ray started: the cluster checked, the trials' resources planned, and ``base`` with
+    the device and threads a trial gets."""
     check_cluster(storage, base.tracking.uri if base.tracking.enabled else None)
-    cpus, gpus = cluster_resources(args)
-    plan = plan_resources(args, cpus, gpus)
-    plan["concurrent"] = min(plan["concurrent"], custom_resource_slots(args.trial_resources, plan["workers"]))
+    plan = plan_resources(args, *cluster_resources())
+    plan = dataclasses.replace(plan, concurrent=min(plan.concurrent,
+                                                    custom_resource_slots(args.trial_resources, plan.workers)))
     return plan, for_trials(base, plan)
 
 
-def for_trials(cfg: Config, plan: dict) -> Config:
-    """``cfg`` with the device and threads a trial of ``plan`` gets."""
-    return cfg.merged({"train.device": "cuda" if plan["gpus"] > 0 else "cpu",
-                       "train.threads": cfg.train.threads or max(1, int(plan["cpus"]))})
+def for_trials(cfg: Config, plan: TrialPlan) -> Config:
+    """``cfg`` with the device and threads a trial of ``plan`` gets (valid by construction: not
+    validated again)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, device="cuda" if plan.gpus > 0 else "cpu", threads=cfg.train.threads or max(1, int(plan.cpus))))
 
 
-def announce(head: str, plan: dict, tail: str, storage: str, name: str, parent) -> None:
+def announce(head: str, plan: TrialPlan, tail: str, storage: str, name: str, parent) -> None:
     """The driver's first line: what runs, how many at once on what, where results and the parent run are."""
-    print(f"{head}, {plan['concurrent']} at a time, {plan['cpus']:g} CPU / {plan['gpus']:g} GPU x {plan['workers']} "
+    print(f"{head}, {plan.concurrent} at a time, {plan.cpus:g} CPU / {plan.gpus:g} GPU x {plan.workers} "
           f"worker(s) per trial, {tail}, results in {storage}/{name}"
           + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
 
 
-def study_info(args: argparse.Namespace, base: Config, parent, state: dict, study_dir: StudyDir, storage: str,
-               plan: dict, **extra) -> dict:
-    """What every trial of the study is told (``tune/trainable.py``), plain data."""
-    return {
-        "name": args.name, "parent_run_id": parent.run_id, "experiment": base.tracking.experiment,
-        "tracking_uri": base.tracking.uri, "notes_dir": str(study_dir.path / "notes"),
-        "stall_timeout_s": args.stall_timeout, "storage_path": storage, "workers": plan["workers"],
-        "cpus_per_worker": plan["cpus"], "gpus_per_worker": plan["gpus"], "max_failures": args.max_failures,
-        "work_key": state["work_key"], "custom_resources": args.trial_resources, **extra,
-    }
+def study_settings(args: argparse.Namespace, base: Config, parent, state: dict, study_dir: StudyDir, storage: str,
+                   plan: TrialPlan, **objective) -> StudySettings:
+    """What every trial of the study is told (``tune/trainable.py``); ``objective``: the search's
+    ``metric``, ``mode`` and ``report``."""
+    return StudySettings(
+        name=args.name, work_key=state["work_key"], notes_dir=str(study_dir.path / "notes"), storage_path=storage,
+        parent_run_id=parent.run_id, tracking_uri=base.tracking.uri, experiment=base.tracking.experiment,
+        stall_timeout_s=args.stall_timeout, workers=plan.workers, cpus_per_worker=plan.cpus,
+        gpus_per_worker=plan.gpus, max_failures=args.max_failures, custom_resources=dict(args.trial_resources),
+        **objective,
+    )
 
 
-def trial_resources(args: argparse.Namespace, plan: dict) -> tuple[object, dict]:
+def trial_resources(args: argparse.Namespace, plan: TrialPlan) -> tuple[object, dict]:
     """The function a trial runs (one process, or a DDP job) and what the trial asks Ray for."""
-    if plan["workers"] == 1:
-        return run_trial, {"cpu": plan["cpus"], "gpu": plan["gpus"], **args.trial_resources}
+    if plan.workers == 1:
+        return run_trial, {"cpu": plan.cpus, "gpu": plan.gpus, **args.trial_resources}
     return run_ddp_trial, {"cpu": 0.01}  # a DDP trial's workers ask for the resources themselves
 
 
@@ -80,30 +85,30 @@ def start(args: argparse.Namespace) -> StopSignals:
 
 
 def run_config(args: argparse.Namespace, storage_path: str, storage_fs, callbacks: list,
-               study_dir: StudyDir) -> tune.RunConfig:
+               study_dir: StudyDir) -> ray_tune.RunConfig:
     """Where Tune keeps the study, its retries and checkpoints (object storage: the study's own
     files are uploaded whenever a trial ends)."""
     if study_dir.remote:
         callbacks = [*callbacks, StudySync(study_dir)]
-    return tune.RunConfig(
+    return ray_tune.RunConfig(
         name=args.name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=1,
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        failure_config=ray_tune.FailureConfig(max_failures=args.max_failures),
         # One full state per epoch (see tune/checkpoints.py); Tune keeps the best epoch's and
         # the latest, and the latest is what a retry resumes from.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
+        checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
                                                 checkpoint_score_order="max"),
         callbacks=callbacks,
     )
 
 
-def restore_point(args: argparse.Namespace, storage: str, study: dict) -> tuple[str, object, str, bool]:
+def restore_point(args: argparse.Namespace, storage: str, study: StudySettings) -> tuple[str, object, str, bool]:
     """``(storage_path, storage_filesystem, experiment path, restoring)``; on ``--resume``, the
     runs a dead driver's trials left RUNNING closed (a trial Tune resumes reopens its own)."""
     storage_path, storage_fs = storage_filesystem(storage)  # s3://: one that rides out an outage
     exp_path = f"{storage_path}/{args.name}"
-    restoring = args.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
+    restoring = args.resume and ray_tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
     if args.resume:
-        known = ({t.trial_id for t in tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials}
+        known = ({t.trial_id for t in ray_tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials}
                  if restoring else set())
         close_running_children(study, "interrupted", known)
     return storage_path, storage_fs, exp_path, restoring
@@ -129,23 +134,6 @@ def start_ray(address: str | None, verbose: bool) -> None:
                           "out for a Ray of this process") from None
 
 
-def custom_resource_slots(wanted: dict[str, float], workers: int) -> int:
-    """How many trials the cluster's custom resources (``--trial-resource``) let run at once."""
-    if not wanted:
-        return 10**9
-    have = ray.cluster_resources()
-    slots = []
-    for name, amount in wanted.items():
-        fits = int(have.get(name, 0.0) / (amount * workers) + 1e-9)
-        if fits < 1 and launcher_capacity() is not None:  # an autoscaler may start such nodes later
-            continue
-        if fits < 1:
-            raise SearchError(f"--trial-resource {name}={amount:g}: the Ray cluster offers {have.get(name, 0.0):g} {name} "
-                              f"(start nodes with --resources '{{\"{name}\": N}}', or drop the flag)")
-        slots.append(fits)
-    return min(slots, default=10**9)
-
-
 def parent_run(name: str, base: Config, kind: str, params: dict, state: dict):
     """The study's MLflow parent run (``kind``: search, compare): the one ``state`` names, or a
     new one with ``params``; a :class:`NullTracker` with tracking off."""
@@ -158,7 +146,7 @@ def parent_run(name: str, base: Config, kind: str, params: dict, state: dict):
     return tracker
 
 
-class StudySync(tune.Callback):
+class StudySync(ray_tune.Callback):
     """Uploads the study's small files (Optuna's database above all) to object storage whenever a
     trial ends, so a driver lost mid-study loses at most the trials since the last one."""
 
@@ -172,18 +160,18 @@ class StudySync(tune.Callback):
         self.study_dir.push()
 
 
-def close_running_children(study: dict, why: str, known: set[str] | None = None) -> None:
+def close_running_children(study: StudySettings, why: str, known: set[str] | None = None) -> None:
     """End as KILLED every child run of the study that is still RUNNING, with a tag saying why.
 
     ``known``: the trials Tune restores. A run of any other trial (one the dead driver started
     after its last snapshot of the experiment; a new trial takes its place) is deleted, so the
     study keeps one run per trial."""
-    if not study.get("parent_run_id"):
+    if not study.parent_run_id:
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(study["tracking_uri"])
-    experiment = client.get_experiment_by_name(study["experiment"])
+    client = MlflowClient(study.tracking_uri)
+    experiment = client.get_experiment_by_name(study.experiment)
     if experiment is None:
         return
     for run in _child_runs(client, experiment, study):
@@ -196,21 +184,21 @@ def close_running_children(study: dict, why: str, known: set[str] | None = None)
             client.delete_run(run.info.run_id)
 
 
-def _child_runs(client, experiment, study: dict) -> list:
+def _child_runs(client, experiment, study: StudySettings) -> list:
     return client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'",
     )
 
 
-def _tag_stopped_children(study: dict, why: str, since_ms: int) -> None:
+def _tag_stopped_children(study: StudySettings, why: str, since_ms: int) -> None:
     """Tag ``stopped`` on child runs that ended KILLED since ``since_ms`` without saying why (a
     trial stopped from outside ends its own run so, before the driver gets to it)."""
-    if not study.get("parent_run_id"):
+    if not study.parent_run_id:
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(study["tracking_uri"])
-    experiment = client.get_experiment_by_name(study["experiment"])
+    client = MlflowClient(study.tracking_uri)
+    experiment = client.get_experiment_by_name(study.experiment)
     for run in _child_runs(client, experiment, study) if experiment is not None else []:
         if run.info.status == "KILLED" and (run.info.end_time or 0) >= since_ms and "stopped" not in run.data.tags:
             client.set_tag(run.info.run_id, "stopped", why)
@@ -231,7 +219,7 @@ def open_state(study_dir: StudyDir, name: str, parent_run) -> tuple[dict, object
     return state, parent
 
 
-def fit_and_end(tuner, args, stops: StopSignals, work_key: str, study: dict, parent, study_dir: StudyDir, summarise,
+def fit_and_end(tuner, args, stops: StopSignals, study: StudySettings, parent, study_dir: StudyDir, summarise,
                 prog: str = "search") -> int:
     """Run the Tuner; then end the study as interrupted (:func:`stopped`) or with
     ``summarise(results) -> exit code``, its files in storage either way."""
@@ -241,7 +229,7 @@ def fit_and_end(tuner, args, stops: StopSignals, work_key: str, study: dict, par
     except Interrupted:  # a second signal: no waiting for Tune's last snapshot
         pass
     finally:
-        remove_work_dirs(work_key, local=args.address is None)
+        remove_work_dirs(study.work_key, local=args.address is None)
     if stops.received:
         study_dir.push()  # object storage: what --resume needs, from any machine
         return stopped(args, stops, study, parent, prog)
@@ -253,7 +241,7 @@ def fit_and_end(tuner, args, stops: StopSignals, work_key: str, study: dict, par
     return code
 
 
-def stopped(args, stops: StopSignals, study: dict, parent, prog: str = "search") -> int:
+def stopped(args, stops: StopSignals, study: StudySettings, parent, prog: str = "search") -> int:
     """An interrupted study: its MLflow runs KILLED with the reason, one line, exit 128 + signal.
 
     The Optuna trials that were running stay RUNNING: ``--resume`` continues them."""

@@ -4,7 +4,7 @@ Left alone, Tune catches SIGINT inside ``Tuner.fit`` and then returns its result
 had ended (the driver printed a "best trial" summary and exited 0 with trials unfinished), and
 ``ray.init`` turns SIGTERM (``kill``, systemd, Kubernetes, ``ray job stop``) into ``sys.exit``
 wherever Ray happens to be (an abort, exit status 134). Here both signals are recorded, Tune is
-asked to stop through the other signal ``tune.run`` handles that way (SIGUSR1, always registered:
+asked to stop through the other signal ``ray.tune.run`` handles that way (SIGUSR1, always registered:
 it saves the experiment's state once more, stops the trials and returns), and the
 driver then ends the study's MLflow runs as KILLED and exits 128 + the signal's number with one
 line naming the study and the command that resumes it. A second signal stops at once.
@@ -66,7 +66,7 @@ class StopSignals:
 
 
 def _ask_tune_to_stop(poll_s: float = 0.1) -> None:
-    """SIGUSR1 to this process once ``tune.run`` handles it (before, SIGUSR1 would end the
+    """SIGUSR1 to this process once ``ray.tune.run`` handles it (before, SIGUSR1 would end the
     process): at once during ``Tuner.fit``, at its start when the signal came before."""
     while signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
         time.sleep(poll_s)

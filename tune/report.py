@@ -10,7 +10,10 @@ still reported under the metric's name, and MLflow logs the raw curve as always.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from tune.study import StudySettings
 
 REPORT_MODES = ("last", "best", "ema")
 DEFAULT_REPORT = "ema"  # chosen by rank fidelity (bench/bench_search.py --fidelity; README, The search)
@@ -66,13 +69,12 @@ class Objective:
         return {**metrics, self.key: self.update(metrics[self.metric])}
 
 
-def objective_for(study: Mapping, out_dir: Path) -> Objective | None:
+def objective_for(study: StudySettings, out_dir: Path) -> Objective | None:
     """The trial's objective (``None`` for ``last``: nothing to add), seeded from the history of
     the checkpoint ``out_dir`` holds, when a retry restored one there."""
-    report = study.get("report", "last")
-    if report == "last":
+    if study.report == "last":
         return None
-    objective = Objective(study["metric"], study["mode"], report)
+    objective = Objective(study.metric, study.mode, study.report)
     last = out_dir / "last.pt"
     if last.is_file():
         from adastft.checkpoint import load_checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import ray
 from optuna.samplers import TPESampler
-from ray import tune
+from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
 from adastft.config import Config
@@ -23,10 +23,11 @@ from adastft.tracking import redact_text, ui_link
 
 from tune.checkpoints import CheckpointRetention, folder_bytes, keep_best_trials
 from tune.driver import (announce, fit_and_end, open_state, parent_run, plan_trials, restore_point, run_config,
-                         start, study_info, trial_resources)
+                         start, study_settings, trial_resources)
 from tune.optuna_search import PrunedAwareOptunaSearch
 from tune.report import reported_key
 from tune.space import SchedulerSpec, SearchSpec
+from tune.study import StudySettings
 from tune.study_dir import StudyDir
 from tune.summary import TrialRunCallback, best_experiment_yaml, log_study, log_time, trial_table
 
@@ -68,20 +69,20 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
         state, parent = open_state(study_dir, args.name, open_parent)
         optuna_url = args.optuna_storage or f"sqlite:///{study_dir.path / 'optuna.db'}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = study_info(args, base, parent, state, study_dir, storage, plan, metric=spec.metric, mode=spec.mode,
-                           report=args.report)
+        study = study_settings(args, base, parent, state, study_dir, storage, plan, metric=spec.metric,
+                               mode=spec.mode, report=args.report)
         objective = reported_key(spec.metric, args.report)  # what the scheduler and Optuna decide on
         announce(f"study {args.name!r}: {args.trials} trials", plan, f"scheduler {sched.type} on {objective}",
                  storage, args.name, parent)
 
         storage_path, storage_fs, exp_path, restoring = restore_point(args, storage, study)
         fn, resources = trial_resources(args, plan)
-        trainable = tune.with_resources(tune.with_parameters(fn, base=base.to_dict(), study=study), resources)
+        trainable = ray_tune.with_resources(ray_tune.with_parameters(fn, base=base, study=study), resources)
         callbacks = [TrialRunCallback(study, base.train.epochs)] if base.tracking.enabled else []
         if args.keep_checkpoints is not None:  # after the MLflow callback: it reads a stopped trial's last checkpoint
             callbacks.append(CheckpointRetention(storage, base.train.epochs))
         if restoring:
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True,
+            tuner = ray_tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True,
                                        storage_filesystem=storage_fs)
         else:
             searcher = PrunedAwareOptunaSearch(
@@ -91,18 +92,18 @@ def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: S
                                    constant_liar=True),
                 study_name=args.name, storage=optuna.storages.RDBStorage(optuna_url), max_epochs=base.train.epochs,
             )
-            tuner = tune.Tuner(
+            tuner = ray_tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(metric=objective, mode=spec.mode, search_alg=searcher,
+                tune_config=ray_tune.TuneConfig(metric=objective, mode=spec.mode, search_alg=searcher,
                                             scheduler=_scheduler(sched, base.train.epochs),
-                                            num_samples=args.trials, max_concurrent_trials=plan["concurrent"],
+                                            num_samples=args.trials, max_concurrent_trials=plan.concurrent,
                                             # a trial that ended cleanly hands its process, with torch and
                                             # MLflow imported, to the next one (a stopped one mid-epoch does not)
                                             reuse_actors=True),
                 run_config=run_config(args, storage_path, storage_fs, callbacks, study_dir),
             )
-        return fit_and_end(tuner, args, stops, state["work_key"], study, parent, study_dir, lambda results: _summarise(
-            args, base, spec, results, optuna_url, study_dir, parent, started, storage, objective))
+        return fit_and_end(tuner, args, stops, study, parent, study_dir, lambda results: _summarise(
+            args, base, spec, results, optuna_url, study, study_dir, parent, started, objective))
     finally:
         ray.shutdown()
 
@@ -119,13 +120,12 @@ def _retention_line(keep: int | None, table, storage: str) -> str:
     return f"{rule}: {len(kept)} checkpoint(s), {total / 1e6:.0f} MB in {storage}"
 
 
-def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, study_dir: StudyDir, parent,
-               started, storage: str, metric: str) -> int:
+def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, study: StudySettings,
+               study_dir: StudyDir, parent, started, metric: str) -> int:
     """``metric``: what the trials reported to the scheduler and Optuna (``--report``)."""
-    study = optuna.load_study(study_name=args.name, storage=optuna_url)
-    tracking = {"tracking_uri": base.tracking.uri, "experiment": base.tracking.experiment,
-                "parent_run_id": parent.run_id} if parent.run_id else None
-    table = trial_table(results, study, tracking, extra=(metric,))
+    storage = study.storage_path
+    optuna_study = optuna.load_study(study_name=args.name, storage=optuna_url)
+    table = trial_table(results, optuna_study, study, extra=(metric,))
     states = table["optuna_state"].value_counts().to_dict() if len(table) else {}
     finished = table[table[metric].notna()] if metric in table else table.iloc[0:0]
     if len(table):
@@ -142,7 +142,7 @@ def _summarise(args, base: Config, spec: SearchSpec, results, optuna_url: str, s
                   for k, v in best_row.items() if k.startswith("param.")}
         best_cfg = base.merged(params)
         best_yaml = best_experiment_yaml(best_cfg, args.name, best_row["trial_id"], metric, best_row[metric])
-    log_study(parent, table, best_yaml, study, study_dir.path / "summary")
+    log_study(parent, table, best_yaml, optuna_study, study_dir.path / "summary")
     if len(finished):
         parent.log_metrics({f"best_{metric}": float(best_row[metric])}, step=0)
     time_shares = log_time(parent, table)

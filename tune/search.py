@@ -34,7 +34,8 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 from tune.interrupt import command_of  # noqa: E402
 from tune.cli import add_run_flags, check_run_flags, drive, open_study  # noqa: E402
 from tune.report import DEFAULT_REPORT, REPORT_MODES  # noqa: E402
-from tune.settings import SearchError, absolutise, check_metric, check_optuna_storage, compose  # noqa: E402
+from tune.settings import SearchError, absolutise, check_metric, compose  # noqa: E402
+from tune.store_checks import check_optuna_storage  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

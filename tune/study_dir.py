@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from tune.lock import LOCK_FILE
-from tune.settings import REMOTE_SCHEMES
+from tune.store_checks import REMOTE_SCHEMES
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import matplotlib
 
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
-from ray import tune  # noqa: E402
+from ray import tune as ray_tune  # noqa: E402
 
 from adastft import plots  # noqa: E402
 from adastft.checkpoint import load_checkpoint  # noqa: E402
@@ -25,12 +25,13 @@ from adastft.timing import TOTALS, shares  # noqa: E402
 from adastft.tracking import Tracker, redact_text  # noqa: E402
 
 from tune.optuna_search import epochs_done  # noqa: E402
+from tune.study import StudySettings  # noqa: E402
 from tune.trainable import TRIAL_TAG, find_trial_run  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-class TrialRunCallback(tune.Callback):
+class TrialRunCallback(ray_tune.Callback):
     """Closes the MLflow run of a trial that Tune ended from outside.
 
     A trial stopped by the scheduler (pruned) or killed never reaches its own cleanup: the
@@ -38,9 +39,16 @@ class TrialRunCallback(tune.Callback):
     from the trial's last checkpoint, so every trial in the UI has its tensors and plots.
     """
 
-    def __init__(self, study: Mapping[str, Any], max_epochs: int) -> None:
-        self.study = dict(study)
+    def __init__(self, study: StudySettings, max_epochs: int) -> None:
+        self.study = study
         self.max_epochs = max_epochs
+
+    def __setstate__(self, state: dict) -> None:
+        # ``Tuner.restore`` unpickles the callbacks of the study's start: one begun before
+        # StudySettings existed held the same settings as a dict
+        if isinstance(state.get("study"), Mapping):
+            state = {**state, "study": StudySettings.from_dict(state["study"])}
+        self.__dict__.update(state)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = epochs_done(trial.last_result) or 0
@@ -59,7 +67,7 @@ class TrialRunCallback(tune.Callback):
             run_id = find_trial_run(self.study, trial.trial_id)
             if run_id is None:
                 return
-            tracker = Tracker(self.study["tracking_uri"], self.study["experiment"], run_id=run_id)
+            tracker = Tracker(self.study.tracking_uri, self.study.experiment, run_id=run_id)
             tracker.set_tags(tags)
             if status == "KILLED" and trial.checkpoint is not None:
                 with trial.checkpoint.as_directory() as ck:
@@ -92,9 +100,9 @@ def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
     tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")
 
 
-def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+def trial_table(results, study: optuna.Study, settings: StudySettings, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per trial: Tune id, Optuna number and state, parameters, metrics (and the ``extra``
-    ones: what the trials reported to the search), paths, MLflow run."""
+    ones: what the trials reported to the search), paths, MLflow run (with tracking on)."""
     by_tune_id = {}
     for frozen in study.get_trials(deepcopy=False):
         tune_id = frozen.user_attrs.get("tune_trial_id")
@@ -117,8 +125,8 @@ def trial_table(results, study: optuna.Study, tracking: Mapping[str, Any] | None
         frozen = by_tune_id.get(trial_id)
         row["optuna_number"] = frozen.number if frozen else None
         row["optuna_state"] = frozen.state.name if frozen else None
-        if tracking:
-            row["mlflow_run_id"] = find_trial_run(tracking, trial_id)
+        if settings.parent_run_id:
+            row["mlflow_run_id"] = find_trial_run(settings, trial_id)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -7,6 +7,7 @@ documents), which find their process group already initialised.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -17,14 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ray import tune
+from ray import tune as ray_tune
 
 from adastft.checkpoint import load_checkpoint, pid_alive
-from adastft.config import Config
+from adastft.config import Config, TrainConfig
 from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
 from tune import checkpoints
 from tune.report import Objective, objective_for
+from tune.study import StudySettings
 from tune.study_dir import storage_filesystem
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,8 @@ class TuneReporter:
         self.watchdog.beat()
         metrics = self.objective.add(metrics) if self.objective is not None else metrics
         with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
-            tune.report(_with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            ray_tune.report(_with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
+                            checkpoint=ray_tune.Checkpoint.from_directory(tmp))
         self.watchdog.beat()
 
     def heartbeat(self) -> None:
@@ -109,35 +111,39 @@ def _with_checkpoint_metrics(metrics: Mapping[str, float], staged_bytes: int) ->
     return {**metrics, checkpoints.SCORE: checkpoints.checkpoint_score(metrics), "checkpoint_bytes": float(staged_bytes)}
 
 
-def trial_config(params: Mapping[str, Any], base: Mapping[str, Any], study: Mapping[str, Any], trial_id: str,
+def trial_config(params: Mapping[str, Any], base: Config, study: StudySettings, trial_id: str,
                  out_dir: Path) -> Config:
-    """The trial's resolved config: base + sampled values + where to write and log."""
-    cfg = Config.from_dict(base).merged(params)
-    tracking_run = find_trial_run(study, trial_id) if cfg.tracking.enabled else None
-    tags = {**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study["name"]}
-    return cfg.merged({
-        "train.out_dir": str(out_dir),
-        "train.resume": True,
-        "tracking.parent_run_id": study.get("parent_run_id"),
-        "tracking.run_name": f"{study['name']}-{trial_id}",
-        "tracking.run_id": tracking_run,
-        "tracking.tags": tags,
-    })
+    """The trial's resolved config: base + sampled values (validated, once) + where to write and
+    log (set as they are: plain values the driver made)."""
+    cfg = base.merged(params)
+    tracking = dataclasses.replace(
+        cfg.tracking,
+        parent_run_id=study.parent_run_id,
+        run_name=f"{study.name}-{trial_id}",
+        run_id=find_trial_run(study, trial_id) if cfg.tracking.enabled else None,
+        tags={**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study.name},
+    )
+    return dataclasses.replace(cfg, train=with_out_dir(cfg.train, out_dir), tracking=tracking)
 
 
-def find_trial_run(study: Mapping[str, Any], trial_id: str) -> str | None:
+def with_out_dir(train_cfg: TrainConfig, out_dir: Path) -> TrainConfig:
+    """``train_cfg`` writing to ``out_dir``, resuming from what a retry restored there."""
+    return dataclasses.replace(train_cfg, out_dir=str(out_dir), resume=True)
+
+
+def find_trial_run(study: StudySettings, trial_id: str) -> str | None:
     """The MLflow run an earlier attempt of this trial made, so a retry continues it."""
-    if not study.get("parent_run_id"):
+    if not study.parent_run_id:
         return None
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(study["tracking_uri"])
-    found = experiment_id(client, study["tracking_uri"], study["experiment"])
+    client = MlflowClient(study.tracking_uri)
+    found = experiment_id(client, study.tracking_uri, study.experiment)
     if found is None:
         return None
     runs = client.search_runs(
         [found],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study['parent_run_id']}'",
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study.parent_run_id}'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -158,14 +164,15 @@ OWNER_FILE = "owner.pid"
 WORK_DIRS = "adastft-trials"  # in the node's temp dir, one folder per study inside
 
 
-def work_root(study: Mapping[str, Any]) -> Path:
-    """This node's folder for the working copies of ``study``'s trials."""
-    return Path(tempfile.gettempdir()) / WORK_DIRS / study["work_key"]
+def work_root(work_key: str) -> Path:
+    """This node's folder for the working copies of the trials of the study ``work_key`` names
+    (:attr:`StudySettings.work_key`)."""
+    return Path(tempfile.gettempdir()) / WORK_DIRS / work_key
 
 
-def claim_work_dir(study: Mapping[str, Any], name: str) -> Path:
+def claim_work_dir(work_key: str, name: str) -> Path:
     """Create (or take over) the working folder ``name`` of this study, after sweeping stale ones."""
-    root = work_root(study)
+    root = work_root(work_key)
     out_dir = root / name
     if root.is_dir():
         for other in root.iterdir():
@@ -182,26 +189,26 @@ def claim_work_dir(study: Mapping[str, Any], name: str) -> Path:
     return out_dir
 
 
-def _nonfinite_marker(study: Mapping[str, Any], trial_id: str) -> Path:
-    return Path(study["notes_dir"]) / f"{trial_id}.nonfinite"
+def _nonfinite_marker(study: StudySettings, trial_id: str) -> Path:
+    return Path(study.notes_dir) / f"{trial_id}.nonfinite"
 
 
-def run_trial(params: dict, base: dict, study: dict, train_fn=train) -> None:
+def run_trial(params: dict, base: Config, study: StudySettings, train_fn=train) -> None:
     """One Tune trial in one process (the function trainable). ``train_fn``: for benchmarks."""
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = ray_tune.get_context().get_trial_id()
     marker = _nonfinite_marker(study, trial_id)
     if marker.exists():  # a retry cannot fix a diverging configuration: fail again at once
         raise NonFiniteLoss(marker.read_text().strip())
-    out_dir = claim_work_dir(study, trial_id)
+    out_dir = claim_work_dir(study.work_key, trial_id)
     try:
-        checkpoints.restore(tune.get_checkpoint(), out_dir)
+        checkpoints.restore(ray_tune.get_checkpoint(), out_dir)
         cfg = trial_config(params, base, study, trial_id, out_dir)
         last = out_dir / "last.pt"
         if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs - 1:
             # Tune holds its final report, made after the test split and the artifacts: the driver
             # died before recording the trial as finished. Resuming it must not do them again.
             return
-        watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]))
+        watchdog = Watchdog(study.stall_timeout_s, trial_id, Path(study.notes_dir))
         try:
             train_fn(cfg, TuneReporter(watchdog, objective_for(study, out_dir)))
         except NonFiniteLoss as exc:
@@ -230,17 +237,17 @@ class TrainReporter:
         self.objective = objective
 
     def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None) -> None:
-        import ray.train
+        from ray import train as ray_train
 
         self.watchdog.beat()
         metrics = self.objective.add(metrics) if self.objective is not None else metrics
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
                 staged = checkpoints.stage(checkpoint_dir, Path(tmp), metrics)
-                ray.train.report(_with_checkpoint_metrics(metrics, staged),
-                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ray_train.report(_with_checkpoint_metrics(metrics, staged),
+                                 checkpoint=ray_train.Checkpoint.from_directory(tmp))
         else:
-            ray.train.report(_with_checkpoint_metrics(metrics, 0))
+            ray_train.report(_with_checkpoint_metrics(metrics, 0))
         self.watchdog.beat()
 
     def heartbeat(self) -> None:
@@ -248,16 +255,17 @@ class TrainReporter:
 
 
 def _ddp_worker(loop_config: dict) -> None:
-    import ray.train
+    """One rank of a DDP trial. ``loop_config``: ``cfg``, the trial's config (validated in the
+    trial's process: only the working folder changes here), ``study`` and ``trial_id``."""
+    from ray import train as ray_train
 
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    study, trial_id = loop_config["study"], loop_config["trial_id"]
-    out_dir = claim_work_dir(study, f"{trial_id}-rank{rank}")
-    checkpoints.restore(ray.train.get_checkpoint(), out_dir)
-    cfg = Config.from_dict(loop_config["cfg"]).merged({"train.out_dir": str(out_dir)})
-    beat_file = Path(study["notes_dir"]) / f"{trial_id}.beat" if rank == 0 else None
-    watchdog = Watchdog(study["stall_timeout_s"], f"{trial_id}-rank{rank}", Path(study["notes_dir"]), beat_file)
+    rank = ray_train.get_context().get_world_rank()
+    cfg, study, trial_id = loop_config["cfg"], loop_config["study"], loop_config["trial_id"]
+    out_dir = claim_work_dir(study.work_key, f"{trial_id}-rank{rank}")
+    checkpoints.restore(ray_train.get_checkpoint(), out_dir)
+    cfg = dataclasses.replace(cfg, train=with_out_dir(cfg.train, out_dir))
+    beat_file = Path(study.notes_dir) / f"{trial_id}.beat" if rank == 0 else None
+    watchdog = Watchdog(study.stall_timeout_s, f"{trial_id}-rank{rank}", Path(study.notes_dir), beat_file)
     try:
         train(cfg, TrainReporter(watchdog, rank, objective_for(study, out_dir)))
     finally:
@@ -265,38 +273,38 @@ def _ddp_worker(loop_config: dict) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)  # Ray Train holds the reported checkpoints
 
 
-def run_ddp_trial(params: dict, base: dict, study: dict) -> None:
-    """One Tune trial as a DDP job: a TorchTrainer with ``study['workers']`` workers."""
-    import ray.train
+def run_ddp_trial(params: dict, base: Config, study: StudySettings) -> None:
+    """One Tune trial as a DDP job: a TorchTrainer with ``study.workers`` workers."""
+    from ray import train as ray_train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = ray_tune.get_context().get_trial_id()
     cfg = trial_config(params, base, study, trial_id, Path(tempfile.gettempdir()))
-    use_gpu = study["gpus_per_worker"] > 0
+    use_gpu = study.gpus_per_worker > 0
     # The trial's own process (this driver) holds 0.01 CPU; the workers leave room for it.
-    resources = {"CPU": study["cpus_per_worker"] * 0.99, **study.get("custom_resources", {})}
+    resources = {"CPU": study.cpus_per_worker * 0.99, **study.custom_resources}
     if use_gpu:
-        resources["GPU"] = study["gpus_per_worker"]
-    storage_path, storage_fs = storage_filesystem(study["storage_path"])
+        resources["GPU"] = study.gpus_per_worker
+    storage_path, storage_fs = storage_filesystem(study.storage_path)
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "study": study, "trial_id": trial_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=study["workers"], use_gpu=use_gpu,
+        train_loop_config={"cfg": cfg, "study": study, "trial_id": trial_id},
+        scaling_config=ray_train.ScalingConfig(num_workers=study.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
+        run_config=ray_train.RunConfig(
             name=f"ddp-{trial_id}",  # the same name on a retry: Ray Train restores its own checkpoint
-            storage_path=f"{storage_path}/{study['name']}",  # inside the study's folder
+            storage_path=f"{storage_path}/{study.name}",  # inside the study's folder
             storage_filesystem=storage_fs,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
+            failure_config=ray_train.FailureConfig(max_failures=study.max_failures),
             # as for one-process trials: the best epoch's checkpoint and the latest
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=checkpoints.SCORE,
+            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=checkpoints.SCORE,
                                                          checkpoint_score_order="max"),
         ),
     )
-    watchdog = Watchdog(study["stall_timeout_s"], trial_id, Path(study["notes_dir"]),
-                        Path(study["notes_dir"]) / f"{trial_id}.beat")
+    notes = Path(study.notes_dir)
+    watchdog = Watchdog(study.stall_timeout_s, trial_id, notes, notes / f"{trial_id}.beat")
     try:
         trainer.fit()
     finally:

@@ -58,7 +58,9 @@ def main(jobs_file: str, results_file: str) -> None:
     import adastft.training  # noqa: F401
     import hydra  # noqa: F401
     import mlflow.tracking  # noqa: F401
+    import tune.cluster_checks  # noqa: F401
     import tune.settings  # noqa: F401
+    import tune.store_checks  # noqa: F401
 
     jobs = json.loads(Path(jobs_file).read_text())
     results: list[dict | None] = [None] * len(jobs)
