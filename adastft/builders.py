@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adastft.config import Config
+from adastft.config import SPEC_AUGMENT_KEYS, Config, arguments_for
 from adastft.data import Augment, SpecAugment
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
@@ -24,15 +24,10 @@ def build_model(cfg: Config, num_classes: int) -> AdaSTFTClassifier:
     layer_kwargs = cfg.stft.layer_kwargs(cfg.data.sample_rate)
     frontend = AdaSTFT(**layer_kwargs) if cfg.model.n_frontends == 1 else AdaSTFTBank(cfg.model.n_frontends, **layer_kwargs)
     d = cfg.data
-    spec_augment = None
-    if d.augment and (d.time_masks or d.freq_masks):
-        spec_augment = SpecAugment(freq_mask_param=d.freq_mask_bins, time_mask_param=d.time_mask_frames,
-                                   n_freq_masks=d.freq_masks, n_time_masks=d.time_masks)
-    return AdaSTFTClassifier(
-        frontend, num_classes, backbone=cfg.model.backbone, activation=cfg.model.activation,
-        norm=cfg.model.norm, dropout=cfg.model.dropout, pretrained_path=cfg.model.pretrained_path,
-        spec_augment=spec_augment,
-    )
+    spec_augment = SpecAugment(**arguments_for(SpecAugment, d, SPEC_AUGMENT_KEYS)) \
+        if d.augment and (d.time_masks or d.freq_masks) else None
+    return AdaSTFTClassifier(frontend, num_classes, spec_augment=spec_augment,
+                             **arguments_for(AdaSTFTClassifier, cfg.model))
 
 
 def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimizer:
@@ -43,12 +38,5 @@ def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimi
 
 
 def build_augment(cfg: Config) -> nn.Module | None:
-    d = cfg.data
-    if not d.augment:
-        return None
-    return Augment(
-        noise_snr_db=tuple(d.noise_snr_db) if d.noise_snr_db else None,
-        gain_db=tuple(d.gain_db) if d.gain_db else None,
-        max_delay_s=d.max_delay_s,
-        sample_rate=d.sample_rate,
-    )
+    """The waveform augmentation (noise, gain, delay), or None with ``data.augment=false``."""
+    return Augment(**arguments_for(Augment, cfg.data)) if cfg.data.augment else None

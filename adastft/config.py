@@ -304,6 +304,12 @@ def _arguments(where: str, section: Any, owner: Callable[..., Any],
     return out
 
 
+def arguments_for(owner: Callable[..., Any], section: Any, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The keyword arguments ``section`` gives ``owner``: the one mapping from config keys to a
+    class's arguments, used both to validate (:meth:`Config.validate`) and to build (adastft/builders.py)."""
+    return {name: value for name, (_, value) in _arguments("", section, owner, renamed).items()}
+
+
 _NAME = re.compile(r"\b([a-z_][a-z0-9_]*)(?==)|^([a-z_][a-z0-9_]*)\b")
 
 

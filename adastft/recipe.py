@@ -247,7 +247,7 @@ def _set_learning(state: TrainState, epoch: int) -> None:
     if switches == state.switches:
         return
     state.switches = switches
-    state.model.set_frontend_learning(window=switches[0], kernel=switches[1])
+    state.model.frontend.set_learning(window=switches[0], kernel=switches[1])  # AdaSTFT or AdaSTFTBank
     # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it whenever
     # the front end's learning switches change.
     device = state.ctx.device

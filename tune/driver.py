@@ -45,8 +45,8 @@ def plan_trials(args: argparse.Namespace, base: Config, storage: str) -> tuple[T
 def for_trials(cfg: Config, plan: TrialPlan) -> Config:
     """``cfg`` with the device and threads a trial of ``plan`` gets (valid by construction: not
     validated again)."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, device="cuda" if plan.gpus > 0 else "cpu", threads=cfg.train.threads or max(1, int(plan.cpus))))
+    return cfg.replaced({"train.device": "cuda" if plan.gpus > 0 else "cpu",
+                         "train.threads": cfg.train.threads or max(1, int(plan.cpus))})
 
 
 def announce(head: str, plan: TrialPlan, tail: str, storage: str, name: str, parent) -> None:

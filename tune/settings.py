@@ -8,7 +8,7 @@ cluster and the trials' resources in ``tune/cluster_checks.py``. Used by ``tune/
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 from pathlib import Path
 
 from adastft.config import Config
@@ -70,17 +70,17 @@ def absolutise(cfg: Config, cwd: Path) -> Config:
     def absolute(path: str) -> str:
         return str((cwd / Path(path).expanduser()).resolve())
 
-    data, model, tracking = cfg.data, cfg.model, cfg.tracking
-    split_files = data.split_files
-    if split_files:  # list files (not lists of names)
-        split_files = {split: absolute(v) if isinstance(v, str) else v for split, v in split_files.items()}
-    data = dataclasses.replace(data, cache_dir=str((cwd / data.cache_dir).resolve()), split_files=split_files,
-                               root=absolute(data.root) if data.root else data.root)
-    if model.pretrained_path:
-        model = dataclasses.replace(model, pretrained_path=str((cwd / model.pretrained_path).resolve()))
-    if tracking.enabled:
-        tracking = dataclasses.replace(tracking, uri=tracking.uri or default_tracking_uri(cwd))
-    return dataclasses.replace(cfg, data=data, model=model, tracking=tracking)
+    changes: dict[str, Any] = {"data.cache_dir": str((cwd / cfg.data.cache_dir).resolve())}
+    if cfg.data.root:
+        changes["data.root"] = absolute(cfg.data.root)
+    if cfg.data.split_files:  # list files (not lists of names)
+        changes["data.split_files"] = {split: absolute(v) if isinstance(v, str) else v
+                                       for split, v in cfg.data.split_files.items()}
+    if cfg.model.pretrained_path:
+        changes["model.pretrained_path"] = str((cwd / cfg.model.pretrained_path).resolve())
+    if cfg.tracking.enabled:
+        changes["tracking.uri"] = cfg.tracking.uri or default_tracking_uri(cwd)
+    return cfg.replaced(changes)
 
 
 def check_metric(spec: SearchSpec) -> None:

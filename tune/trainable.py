@@ -7,7 +7,6 @@ documents), which find their process group already initialised.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ from typing import Any, Mapping
 from ray import tune as ray_tune
 
 from adastft.checkpoint import load_checkpoint, pid_alive
-from adastft.config import Config, TrainConfig
+from adastft.config import Config
 from adastft.tracking import experiment_id
 from adastft.training import NonFiniteLoss, train
 from tune import checkpoints
@@ -116,19 +115,18 @@ def trial_config(params: Mapping[str, Any], base: Config, study: StudySettings, 
     """The trial's resolved config: base + sampled values (validated, once) + where to write and
     log (set as they are: plain values the driver made)."""
     cfg = base.merged(params)
-    tracking = dataclasses.replace(
-        cfg.tracking,
-        parent_run_id=study.parent_run_id,
-        run_name=f"{study.name}-{trial_id}",
-        run_id=find_trial_run(study, trial_id) if cfg.tracking.enabled else None,
-        tags={**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study.name},
-    )
-    return dataclasses.replace(cfg, train=with_out_dir(cfg.train, out_dir), tracking=tracking)
+    return cfg.replaced({
+        **_writing_to(out_dir),
+        "tracking.parent_run_id": study.parent_run_id,
+        "tracking.run_name": f"{study.name}-{trial_id}",
+        "tracking.run_id": find_trial_run(study, trial_id) if cfg.tracking.enabled else None,
+        "tracking.tags": {**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study.name},
+    })
 
 
-def with_out_dir(train_cfg: TrainConfig, out_dir: Path) -> TrainConfig:
-    """``train_cfg`` writing to ``out_dir``, resuming from what a retry restored there."""
-    return dataclasses.replace(train_cfg, out_dir=str(out_dir), resume=True)
+def _writing_to(out_dir: Path) -> dict[str, Any]:
+    """A trial writes to ``out_dir`` and resumes from what a retry restored there."""
+    return {"train.out_dir": str(out_dir), "train.resume": True}
 
 
 def find_trial_run(study: StudySettings, trial_id: str) -> str | None:
@@ -263,7 +261,7 @@ def _ddp_worker(loop_config: dict) -> None:
     cfg, study, trial_id = loop_config["cfg"], loop_config["study"], loop_config["trial_id"]
     out_dir = claim_work_dir(study.work_key, f"{trial_id}-rank{rank}")
     checkpoints.restore(ray_train.get_checkpoint(), out_dir)
-    cfg = dataclasses.replace(cfg, train=with_out_dir(cfg.train, out_dir))
+    cfg = cfg.replaced(_writing_to(out_dir))
     beat_file = Path(study.notes_dir) / f"{trial_id}.beat" if rank == 0 else None
     watchdog = Watchdog(study.stall_timeout_s, f"{trial_id}-rank{rank}", Path(study.notes_dir), beat_file)
     try:
