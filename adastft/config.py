@@ -63,10 +63,6 @@ class DataConfig:
         return _check(DataSpec, "data", _arguments("data", self, DataSpec))
 
     def validate(self, where: str) -> None:
-        for name in ("batch_size", "eval_batch_size"):
-            _positive(where, name, getattr(self, name))
-        if self.num_workers < 0:
-            raise ConfigError(f"{where}.num_workers must be >= 0, got {self.num_workers!r}")
         for name in ("val_fraction", "test_fraction"):
             # a run validates every epoch and ends by testing: neither split may be empty
             split = name.split("_")[0]
@@ -196,6 +192,10 @@ class TrackingConfig:
 
 @dataclass
 class Config:
+    """The whole run: one section per component, each a dataclass of plain values. Built and
+    validated by :meth:`from_dict`; :meth:`merged` validates again, :meth:`replaced` (paths, names)
+    does not."""
+
     name: str = "default"  # the experiment's name; becomes the MLflow tag `experiment`
     data: DataConfig = field(default_factory=DataConfig)
     stft: StftConfig = field(default_factory=StftConfig)
@@ -213,7 +213,7 @@ class Config:
 
     def validate(self) -> None:
         """Every value checked once: by the class that takes it, or by its section (what none takes)."""
-        from adastft.data import Augment, SpecAugment, check_parts
+        from adastft.data import Augment, SpecAugment, check_batching, check_parts
         from adastft.data.vote import check_method
         from adastft.model import AdaSTFTClassifier
         from adastft.schedule import check_schedule
@@ -221,6 +221,8 @@ class Config:
         d = self.data
         d.spec()
         _check(check_parts, "data", _arguments("data", d, check_parts))
+        _check(check_batching, "data", _arguments("data", d, check_batching))
+        _check(check_batching, "data", _arguments("data", d, check_batching, {"batch_size": "eval_batch_size"}))
         _check(check_method, "data", {"method": ("data.vote", d.vote)})
         _check(Augment, "data", _arguments("data", d, Augment))
         _check(SpecAugment, "data", _arguments("data", d, SpecAugment, SPEC_AUGMENT_KEYS))

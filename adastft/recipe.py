@@ -183,6 +183,7 @@ def _resume(state: TrainState) -> str | None:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (every device) from one seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -337,3 +338,18 @@ def test_a_model_that_cannot_fit_is_refused_before_anything_is_built(tmp_path):
     assert "stft.n_fft=131072" in lines[-1]
     assert time.monotonic() - started < 60
     assert not (tmp_path / ".cache").exists()  # the data cache was not built
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
+    ({"eval_batch_size": 0}, "data.eval_batch_size must be a positive integer, got 0"),
+    ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
+])
+def test_batching_is_checked_once_by_the_loaders_check_and_named_by_its_key(bad, message):
+    from adastft.data import check_batching
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Config.from_dict({"data": bad})
+    argument = next(iter(bad)).replace("eval_", "")
+    with pytest.raises(ValueError, match=f"^{re.escape(message.removeprefix('data.').replace('eval_', ''))}$"):
+        check_batching(**{"batch_size": 1, argument: bad[next(iter(bad))]})

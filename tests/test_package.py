@@ -63,7 +63,8 @@ def test_the_wheel_holds_the_configs_and_imports_from_its_own_folder(installed, 
 @pytest.mark.slow
 def test_console_scripts_work_from_any_folder(installed, tmp_path):
     for script, expected in (("adastft-train", "experiment: "), ("adastft-search", "usage: adastft-search"),
-                             ("adastft-compare", "usage: adastft-compare"), ("adastft-predict", "usage: adastft-predict")):
+                             ("adastft-compare", "usage: adastft-compare"), ("adastft-predict", "usage: adastft-predict"),
+                             ("adastft-demo", "usage: adastft-demo")):
         proc = _run(installed, tmp_path, str(installed / script), "--help", timeout=300)
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
         assert expected in proc.stdout, (script, proc.stdout[:2000])

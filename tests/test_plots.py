@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adastft import AdaSTFT
-from adastft.demo import main as demo_main
+from adastft.demo import main as demo_main, run as demo_run
 from adastft.functional import make_window, window_metrics
 from adastft.plots import plot_confusion, plot_curves, plot_kernel_change, plot_layer, plot_window
 
@@ -41,6 +41,7 @@ def test_plot_helpers_draw(tmp_path):
 
 
 def test_demo_runs_and_moves_the_front_end(tmp_path):
-    result = demo_main(["--out", str(tmp_path), "--steps", "5"])
+    result = demo_run(["--out", str(tmp_path), "--steps", "5"])
+    assert demo_main(["--out", str(tmp_path / "again"), "--steps", "1"]) == 0  # the exit status of adastft-demo
     assert result["window_change"] > 0 and result["kernel_change"] > 0
     assert (tmp_path / "window.png").is_file() and (tmp_path / "kernel.png").is_file()

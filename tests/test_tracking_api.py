@@ -107,3 +107,12 @@ def test_tracker_logs_through_the_clients_log_batch(uri, monkeypatch):
         tracker.log_metrics({"loss": 1.0, "acc": 0.5}, step=0)
         tracker.set_tags({"t": "v"})
     assert calls == [(0, 100, 0, True), (0, 50, 0, True), (2, 0, 0, True), (0, 0, 1, True)]
+
+
+def test_the_batch_limits_are_mlflows_documented_ones():
+    """The tracker cuts batches to MLflow's REST limits; if a release moves the module they come
+    from, the documented values are used: they must agree with the installed MLflow's."""
+    from adastft.tracking import tracker
+
+    assert (tracker.MAX_METRICS_PER_BATCH, tracker.MAX_PARAMS_TAGS_PER_BATCH, tracker.MAX_PARAM_VAL_LENGTH,
+            tracker.MAX_TAG_VAL_LENGTH) == (1000, 100, 6000, 8000)

@@ -53,6 +53,8 @@ def _parent_run(args, base: Config, spec: SearchSpec, sched: SchedulerSpec, stat
 
 def run_study(args: argparse.Namespace, base: Config, spec: SearchSpec, sched: SchedulerSpec, storage: str,
               study_dir: StudyDir) -> int:
+    """Start Ray, open the study (state, MLflow parent run), run the Tuner over ``base`` (a
+    validated ``Config``, handed to every trial) and summarise; the command's exit status."""
     started = time.time()
     stops = start(args)
     try:

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 # `tune.*` and `adastft` from this checkout, here and (through PYTHONPATH) in Ray's workers
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file (python tune/...py): the checkout first; as adastft-... it is installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Ray's noise off before it is imported; the progress table stays.
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")

@@ -16,6 +16,9 @@ from typing import Any, Mapping
 
 @dataclass(frozen=True)
 class StudySettings:
+    """What every trial of a study is told: built once by the driver (``tune/driver.py``), pickled
+    by Ray to each trial and DDP worker. Frozen: a trial cannot change what the others see."""
+
     name: str
     """The study's ``--name``: its folder under the storage and its MLflow parent run's name."""
     work_key: str

@@ -13,7 +13,7 @@ Imports torch, torchaudio, numpy, pyarrow and soundfile only.
 from adastft.data.augment import Augment, SpecAugment, spec_augment
 from adastft.data.cache import CacheError
 from adastft.data.decode import BadAudioWarning
-from adastft.data.loader import EvalParts, TrainCrops, check_parts, eval_loader, spaced_parts, train_loader
+from adastft.data.loader import EvalParts, TrainCrops, check_batching, check_parts, eval_loader, spaced_parts, train_loader
 from adastft.data.sources import DataError
 from adastft.data.spec import DataSpec, prepare
 from adastft.data.store import ClipStore
@@ -22,6 +22,6 @@ from adastft.data.vote import vote, vote_accuracy
 
 __all__ = [
     "Augment", "BadAudioWarning", "CacheError", "ClipStore", "DataError", "DataSpec", "EvalParts",
-    "SYNTHETIC_CLASSES", "SpecAugment", "TrainCrops", "check_parts", "eval_loader", "prepare", "spaced_parts",
+    "SYNTHETIC_CLASSES", "SpecAugment", "TrainCrops", "check_batching", "check_parts", "eval_loader", "prepare", "spaced_parts",
     "spec_augment", "train_loader", "vote", "vote_accuracy",
 ]

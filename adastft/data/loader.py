@@ -135,6 +135,16 @@ class EvalParts(Dataset):
         return torch.from_numpy(segments), int(self.store.labels[i])
 
 
+def check_batching(batch_size: int, num_workers: int = 0) -> None:
+    """Raise ``ValueError`` naming a bad ``batch_size`` (>= 1) or ``num_workers`` (>= 0): the
+    loaders here and the config (``data.batch_size``, ``data.eval_batch_size``, ``data.num_workers``)
+    share this one check."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+
+
 def train_loader(
     store: ClipStore,
     batch_size: int,
@@ -150,10 +160,7 @@ def train_loader(
     Workers, if any, are persistent (the store re-maps the cache once per worker, not per
     epoch). Shuffling uses a torch generator seeded with ``seed``.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    check_batching(batch_size, num_workers)
     dataset = TrainCrops(store, split=split, parts=parts, seed=seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last and len(dataset) >= batch_size,
@@ -170,8 +177,7 @@ def eval_loader(
     ``batch_size`` counts clips; the model sees ``batch_size * parts`` segments per batch
     (``x.flatten(0, 1)``), and the logits go back to ``(clips, parts, classes)`` for voting.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batching(batch_size, num_workers)
     dataset = EvalParts(store, split=split, parts=parts)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=pin_memory)

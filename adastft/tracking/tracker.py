@@ -26,14 +26,20 @@ import numpy as np
 import torch
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
 # MLflow's limits, as its REST API documents them (LogBatch: 1000 metrics, 100 params or tags;
-# values of 6000 and 8000 characters), taken from the installed MLflow so that they follow it
-from mlflow.utils.validation import (
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
+# values of 6000 and 8000 characters), taken from the installed MLflow so that they follow it.
+# mlflow.utils.validation is not in MLflow's API reference: if a release moves it, the documented
+# values hold (tests/test_tracking_api.py pins both to the installed MLflow's).
+try:
+    from mlflow.utils.validation import (
+        MAX_METRICS_PER_BATCH,
+        MAX_PARAM_VAL_LENGTH,
+        MAX_PARAMS_TAGS_PER_BATCH,
+        MAX_TAG_VAL_LENGTH,
+    )
+except ImportError:  # pragma: no cover - a future MLflow
+    MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH = 1000, 100, 6000, 8000
 
 from adastft.tracking import uri as uris
 from adastft.tracking.batch_queue import BatchQueue
