@@ -181,8 +181,26 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+# Stop signals received, kept after they are raised: a library that catches the KeyboardInterrupt
+# and goes on (a store's retry loop, say) cannot make the command ignore a Ctrl-C.
+_RECEIVED: list[int] = []
+
+
 def _raise_stopped(signum: int, frame) -> None:
+    _RECEIVED.append(signum)
     raise Stopped(signum)
+
+
+class _StopsOnSignal:
+    """The command line's reporter: after every training step, a stop signal received earlier is
+    raised again (if it was, nothing is left to raise: the run is already unwinding)."""
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        if _RECEIVED:
+            raise Stopped(_RECEIVED[-1])
 
 
 def interrupted_line(argv: list[str], signum: int) -> str:
@@ -221,7 +239,7 @@ def main() -> None:
         for line in advice(cfg):
             print(f"adastft.train: warning: {line}", file=sys.stderr)
         try:
-            metrics = train(cfg)
+            metrics = train(cfg, _StopsOnSignal())
         except NonFiniteLoss as exc:
             print(f"adastft.train: failed: {exc}", file=sys.stderr)
             sys.exit(1)
@@ -235,6 +253,7 @@ def main() -> None:
         return metrics.get("best_val_clip_accuracy", 0.0)
 
     signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)  # Ctrl-C as KeyboardInterrupt, and remembered
     try:
         _run()
     except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT) or SIGTERM: one line, 130 or 143
