@@ -35,6 +35,69 @@ def make_window(name: str, win_length: int, dtype: torch.dtype = torch.float32) 
     return builders[name](win_length, dtype=dtype)
 
 
+# The named windows as functions of t = (n - start) / length on [0, 1): periodic, as torch builds
+# them, so that a window of real-valued length evaluated at an integer length equals make_window.
+KAISER_BETA = 12.0  # torch.kaiser_window's default
+
+
+def _window_curve(name: str, t: torch.Tensor) -> torch.Tensor:
+    tau = 2.0 * math.pi * t
+    if name == "hann":
+        return 0.5 - 0.5 * torch.cos(tau)
+    if name == "hamming":
+        return 0.54 - 0.46 * torch.cos(tau)
+    if name == "blackman":
+        return 0.42 - 0.5 * torch.cos(tau) + 0.08 * torch.cos(2.0 * tau)
+    if name == "bartlett":
+        return 1.0 - torch.abs(2.0 * t - 1.0)
+    if name == "kaiser":
+        # the clamp keeps sqrt's gradient finite at the window's first sample (t = 0)
+        arg = torch.clamp(1.0 - (2.0 * t - 1.0).square(), min=1e-12)
+        return torch.special.i0(KAISER_BETA * arg.sqrt()) / torch.special.i0(torch.tensor(KAISER_BETA, dtype=t.dtype))
+    raise ValueError(f"a window of learnable length must be tapered ({', '.join(TAPERED_WINDOWS)}), got {name!r}")
+
+
+TAPERED_WINDOWS = ("hann", "hamming", "blackman", "bartlett", "kaiser")
+
+
+def tapered_window(name: str, length: torch.Tensor, n_fft: int, start_shift: float = 0.0) -> torch.Tensor:
+    """The named window of real-valued ``length`` (samples), centred on an ``n_fft`` support.
+
+    ``length`` a 0-d tensor (may require grad) -> ``(n_fft,)``: zero outside the window, its
+    gradient in ``length`` flowing through every sample inside it. The window starts at
+    ``(n_fft - length) / 2 - start_shift``; with ``start_shift = ((n_fft - W) / 2) % 1`` and
+    ``length = W`` it equals ``make_window(name, W)`` placed where ``torch.stft`` puts a short
+    window (``(n_fft - W) // 2`` samples in). Example: ``tapered_window("hann", torch.tensor(700.5), 1024)``.
+    """
+    n = torch.arange(n_fft, dtype=length.dtype, device=length.device)
+    start = (n_fft - length) / 2.0 - start_shift
+    t = (n - start) / length  # (N,): position inside the window, in [0, 1) where it is nonzero
+    inside = (t >= 0) & (t < 1)
+    return torch.where(inside, _window_curve(name, torch.clamp(t, 0.0, 1.0)), torch.zeros_like(t))
+
+
+class _InwardClamp(torch.autograd.Function):
+    """``clamp(x, low, high)`` whose gradient passes at a bound when descent would move ``x`` back
+    inside: a plain clamp's zero gradient there would leave a parameter stuck at its bound for good."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.low, ctx.high = low, high
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        passes = ((x > ctx.low) & (x < ctx.high)) | ((x >= ctx.high) & (grad > 0)) | ((x <= ctx.low) & (grad < 0))
+        return torch.where(passes, grad, torch.zeros_like(grad)), None, None
+
+
+def bounded(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``x`` clamped to ``[low, high]``, with a gradient that can bring it back from a bound."""
+    return _InwardClamp.apply(x, low, high)
+
+
 def dft_kernel(n_fft: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The real and imaginary parts of the one-sided DFT matrix.
 

@@ -73,6 +73,7 @@ class AdaSTFT(nn.Module):
         mel_scale: str = "htk",
         compression: str = "none",
         log_gain: float = 10.0,
+        learn_win_length: bool = False,
         learn_window: bool = False,
         learn_kernel: bool = False,
     ) -> None:
@@ -84,11 +85,26 @@ class AdaSTFT(nn.Module):
                 setattr(self, _ATTRIBUTE.get(name, name), args[name])
         self.n_freq = self.n_fft // 2 + 1
 
-        init_window = AFN.make_window(self.window_name, self.win_length)
         init_kernel = AFN.dft_kernel(self.n_fft)
-        self.window = nn.Parameter(init_window.clone())
+        if self.learn_win_length:
+            # The window's length is a parameter of its own, win_length * exp(log_win_scale) (so that the
+            # optimiser's steps are relative, and the length is exactly win_length at 0), applied as a taper of that length on
+            # the n_fft support; the learnable window is then a multiplicative correction of the
+            # taper, starting at ones. The taper alone sets the support, so the two cannot trade a
+            # longer window for a shrunken correction outside it.
+            self.win_length_bounds = (min(float(self.win_length), max(2.0, self.n_fft / 16)), float(self.n_fft))
+            self._start_shift = ((self.n_fft - self.win_length) / 2) % 1  # where torch.stft puts a window of W
+            self.log_win_scale = nn.Parameter(torch.tensor(0.0))
+            self.window = nn.Parameter(torch.ones(self.n_fft))
+            init_window = AFN.tapered_window(self.window_name, torch.tensor(float(self.win_length)), self.n_fft,
+                                             self._start_shift)  # (N,)
+        else:
+            self.log_win_scale = None
+            init_window = AFN.make_window(self.window_name, self.win_length)  # (W,)
+            self.window = nn.Parameter(init_window.clone())
         self.kernel = nn.Parameter(init_kernel.clone())
-        # Rebuilt from the arguments, so kept out of the state dict.
+        # Rebuilt from the arguments, so kept out of the state dict. initial_window is the window
+        # the STFT applies at initialisation (the taper, with a learnable length).
         self.register_buffer("initial_window", init_window, persistent=False)
         self.register_buffer("initial_kernel", init_kernel, persistent=False)
         if self.n_mels is not None:
@@ -99,7 +115,7 @@ class AdaSTFT(nn.Module):
             self.mel_fb = None
         # Kernel version last verified equal to the DFT: the FFT path is valid while it holds.
         self._dft_version: int | None = None
-        self.set_learning(window=learn_window, kernel=learn_kernel)
+        self.set_learning(window=learn_window, kernel=learn_kernel, win_length=learn_win_length or None)
 
     @classmethod
     def check_arguments(cls, **kwargs: Any) -> dict[str, Any]:
@@ -124,13 +140,20 @@ class AdaSTFT(nn.Module):
     def learn_kernel(self) -> bool:
         return self.kernel.requires_grad
 
-    def set_learning(self, window: bool | None = None, kernel: bool | None = None) -> "AdaSTFT":
-        """Switch learning of the window and/or kernel; ``None`` leaves a switch as it is.
+    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
+                     win_length: bool | None = None) -> "AdaSTFT":
+        """Switch learning of the window, the kernel and/or the window's length (a layer built with
+        ``learn_win_length=True``); ``None`` leaves a switch as it is.
 
         Safe mid-training: a frozen parameter's ``.grad`` is cleared, so optimisers skip it
         (even with momentum) until it is switched on again.
         """
-        for param, flag in ((self.window, window), (self.kernel, kernel)):
+        if win_length and self.log_win_scale is None:
+            raise ValueError("win_length learning needs a layer built with learn_win_length=True")
+        pairs = [(self.window, window), (self.kernel, kernel)]
+        if self.log_win_scale is not None:
+            pairs.append((self.log_win_scale, win_length))
+        for param, flag in pairs:
             if flag is None:
                 continue
             param.requires_grad_(bool(flag))
@@ -144,10 +167,32 @@ class AdaSTFT(nn.Module):
         Frozen parameters are included so that learning can be switched on later without
         rebuilding the optimiser. Example: ``AdamW(layer.parameter_groups(lr=1e-4) + rest)``.
         """
-        group: dict[str, Any] = {"params": [self.window, self.kernel], "weight_decay": weight_decay}
+        group: dict[str, Any] = {"params": self.learnable(), "weight_decay": weight_decay}
         if lr is not None:
             group["lr"] = lr
         return [group]
+
+    def learnable(self) -> list[nn.Parameter]:
+        """The front end's parameters: window, kernel and, when built with it, the log window length."""
+        return [self.window, self.kernel] + ([self.log_win_scale] if self.log_win_scale is not None else [])
+
+    @property
+    def learning_win_length(self) -> bool:
+        return self.log_win_scale is not None and self.log_win_scale.requires_grad
+
+    def current_win_length(self) -> torch.Tensor:
+        """The window's length in samples, a 0-d tensor (learnable with ``learn_win_length``)."""
+        if self.log_win_scale is None:
+            return torch.tensor(float(self.win_length))
+        return AFN.bounded(self.win_length * self.log_win_scale.exp(), *self.win_length_bounds)
+
+    def effective_window(self) -> torch.Tensor:
+        """The window the STFT applies: ``(win_length,)``, or ``(n_fft,)`` (taper of the learned
+        length times the learned correction) with ``learn_win_length``."""
+        if self.log_win_scale is None:
+            return self.window
+        taper = AFN.tapered_window(self.window_name, self.current_win_length(), self.n_fft, self._start_shift)
+        return taper * self.window  # (N,)
 
     # ---- computation ------------------------------------------------------------------------
 
@@ -179,13 +224,14 @@ class AdaSTFT(nn.Module):
             )
         x = x.reshape(-1, length).to(self.window.dtype)  # (B, L)
         with torch.autocast(device_type=x.device.type, enabled=False):
+            window = self.effective_window()
             if self.uses_fft():
                 spec = AFN.power_spectrogram_fft(
-                    x, self.window, self.n_fft, self.hop_length, self.center, self.pad_mode, self.power
+                    x, window, self.n_fft, self.hop_length, self.center, self.pad_mode, self.power
                 )  # (B, F, T)
             else:
                 spec = AFN.power_spectrogram_kernel(
-                    x, self.window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode,
+                    x, window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode,
                     self.power,
                 )  # (B, F, T)
             if self.mel_fb is not None:
@@ -196,8 +242,9 @@ class AdaSTFT(nn.Module):
     # ---- inspection -------------------------------------------------------------------------
 
     def window_change(self) -> float:
-        """Relative L2 distance of the window from its initial value."""
-        return AFN.relative_change(self.window, self.initial_window)
+        """Relative L2 distance of the applied window (with its learned length) from its initial value."""
+        with torch.no_grad():
+            return AFN.relative_change(self.effective_window(), self.initial_window)
 
     def kernel_change(self) -> float:
         """Relative L2 distance of the kernel from the exact DFT."""
@@ -210,25 +257,35 @@ class AdaSTFT(nn.Module):
     def export_learned(self) -> dict[str, Any]:
         """The learned tensors and the arguments that shape them, as plain detached CPU data.
 
-        ``{"format", "config", "window" (W,), "kernel_cos" (F, N), "kernel_sin" (F, N)}``; save it
-        with ``torch.save`` (loadable with ``weights_only=True``) and restore with
-        :meth:`load_learned` or :meth:`from_learned`.
+        ``{"format", "config", "window" (W,), "kernel_cos" (F, N), "kernel_sin" (F, N)}``, and with
+        ``learn_win_length`` also ``"win_length"`` (0-d, samples) and ``"effective_window"`` (N,),
+        ``"window"`` then being the (N,) correction; save it with ``torch.save`` (loadable with
+        ``weights_only=True``) and restore with :meth:`load_learned` or :meth:`from_learned`.
         """
-        return {
+        learned = {
             "format": _EXPORT_FORMAT,
             "config": self.config(),
             "window": self.window.detach().cpu().clone(),
             "kernel_cos": self.kernel[0].detach().cpu().clone(),
             "kernel_sin": self.kernel[1].detach().cpu().clone(),
         }
+        if self.log_win_scale is not None:
+            with torch.no_grad():
+                learned["win_length"] = self.current_win_length().detach().cpu().clone()
+                learned["effective_window"] = self.effective_window().detach().cpu().clone()
+        return learned
 
     def load_learned(self, learned: dict[str, Any]) -> "AdaSTFT":
         """Copy exported tensors into this layer; shapes and STFT arguments must match."""
         if learned.get("format") != _EXPORT_FORMAT:
             raise ValueError(f"learned must come from AdaSTFT.export_learned(), got format {learned.get('format')!r}")
-        expected = {"window": (self.win_length,), "kernel_cos": (self.n_freq, self.n_fft),
+        expected = {"window": tuple(self.window.shape), "kernel_cos": (self.n_freq, self.n_fft),
                     "kernel_sin": (self.n_freq, self.n_fft)}
+        if self.log_win_scale is not None:
+            expected["win_length"] = ()
         for key, shape in expected.items():
+            if key not in learned:
+                raise ValueError(f"learned has no {key!r}: it comes from a layer built with other arguments")
             got = tuple(learned[key].shape)
             if got != shape:
                 raise ValueError(f"learned[{key!r}] has shape {got}, this layer needs {shape}")
@@ -236,6 +293,8 @@ class AdaSTFT(nn.Module):
             self.window.copy_(learned["window"])
             self.kernel[0].copy_(learned["kernel_cos"])
             self.kernel[1].copy_(learned["kernel_sin"])
+            if self.log_win_scale is not None:
+                self.log_win_scale.copy_((learned["win_length"] / self.win_length).log())
         return self
 
     @classmethod
@@ -248,7 +307,7 @@ class AdaSTFT(nn.Module):
             f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, win_length={self.win_length}, "
             f"hop_length={self.hop_length}, n_mels={self.n_mels}, window={self.window_name!r}, "
             f"compression={self.compression!r}, learn_window={self.learn_window}, "
-            f"learn_kernel={self.learn_kernel}"
+            f"learn_kernel={self.learn_kernel}, learn_win_length={self.learn_win_length}"
         )
 
 
@@ -274,13 +333,14 @@ class AdaSTFTBank(nn.Module):
     def __getitem__(self, i: int) -> AdaSTFT:
         return self.layers[i]
 
-    def set_learning(self, window: bool | None = None, kernel: bool | None = None) -> "AdaSTFTBank":
+    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
+                     win_length: bool | None = None) -> "AdaSTFTBank":
         for layer in self.layers:
-            layer.set_learning(window=window, kernel=kernel)
+            layer.set_learning(window=window, kernel=kernel, win_length=win_length)
         return self
 
     def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
-        params = [p for layer in self.layers for p in (layer.window, layer.kernel)]
+        params = [p for layer in self.layers for p in layer.learnable()]
         group: dict[str, Any] = {"params": params, "weight_decay": weight_decay}
         if lr is not None:
             group["lr"] = lr

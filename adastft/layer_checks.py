@@ -44,6 +44,10 @@ def check_layer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     need(a.mel_scale in ("htk", "slaney"), f"mel_scale must be 'htk' or 'slaney', got {a.mel_scale!r}")
     one_of("compression", a.compression, AFN.COMPRESSIONS)
     need(_number(a.log_gain) and a.log_gain > 0, f"log_gain must be positive, got {a.log_gain!r}")
+    need(isinstance(a.learn_win_length, bool), f"learn_win_length must be true or false, got {a.learn_win_length!r}")
+    need(not a.learn_win_length or a.window in AFN.TAPERED_WINDOWS,
+         f"learn_win_length needs a tapered window ({', '.join(AFN.TAPERED_WINDOWS)}), got window={a.window!r}: "
+         "a rectangular window's length has no gradient")
 
     a.sample_rate, a.center = int(a.sample_rate), bool(a.center)
     a.f_min, a.f_max, a.power, a.log_gain = float(a.f_min), float(a.f_max), float(a.power), float(a.log_gain)

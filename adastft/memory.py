@@ -27,7 +27,7 @@ def model_bytes(cfg: Config, num_classes: int) -> int:
 
     stft = cfg.stft
     n_freq = stft.n_fft // 2 + 1
-    window = stft.win_length or stft.n_fft
+    window = stft.n_fft if stft.learn_win_length else stft.win_length or stft.n_fft
     kernel, win = 2 * n_freq * stft.n_fft, window
     states = 2 if cfg.optim.name == "adamw" else 1  # AdamW: two moments; SGD: momentum
     per_frontend = 2 * (kernel + win)  # the parameters and their initial copies

@@ -68,7 +68,7 @@ def plot_kernel_change(learned: torch.Tensor, initial: torch.Tensor, title: str 
 def plot_layer(layer, prefix: str = "") -> dict[str, Figure]:
     """Both plots for an :class:`~adastft.AdaSTFT`: ``{"window": fig, "kernel": fig}``."""
     return {
-        "window": plot_window(layer.window, layer.initial_window, title=f"{prefix}window"),
+        "window": plot_window(layer.effective_window().detach(), layer.initial_window, title=f"{prefix}window"),
         "kernel": plot_kernel_change(layer.kernel, layer.initial_kernel, title=f"{prefix}kernel change"),
     }
 

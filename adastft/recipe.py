@@ -68,7 +68,7 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
     net: nn.Module | None = None  # the model, under DDP when distributed
-    switches: tuple[bool, bool] | None = None  # (window, kernel) learning that ``net`` was built for
+    switches: tuple[bool, ...] | None = None  # (window, kernel, win_length) learning that ``net`` was built for
 
     @property
     def amp(self) -> bool:
@@ -221,6 +221,8 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
         "lr": lr,
         "window_change": sum(f.window_change() for f in fronts) / len(fronts),
         "kernel_change": sum(f.kernel_change() for f in fronts) / len(fronts),
+        **({"win_length": sum(float(f.current_win_length().detach()) for f in fronts) / len(fronts)}
+           if cfg.stft.learn_win_length else {}),
         **timer.drain(),
     }
     improved = val.clip_accuracy > state.best_acc
@@ -243,12 +245,15 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
 
 
 def _set_learning(state: TrainState, epoch: int) -> None:
-    on = epoch >= state.cfg.stft.learn_after_epoch
-    switches = (state.cfg.stft.learn_window and on, state.cfg.stft.learn_kernel and on)
+    stft = state.cfg.stft
+    on = epoch >= stft.learn_after_epoch
+    switches = (stft.learn_window and on, stft.learn_kernel and on, stft.learn_win_length and on)
     if switches == state.switches:
         return
     state.switches = switches
-    state.model.frontend.set_learning(window=switches[0], kernel=switches[1])  # AdaSTFT or AdaSTFTBank
+    # AdaSTFT or AdaSTFTBank; the window's length exists to learn only in a layer built with it
+    state.model.frontend.set_learning(window=switches[0], kernel=switches[1],
+                                      win_length=switches[2] if stft.learn_win_length else None)
     # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it whenever
     # the front end's learning switches change.
     device = state.ctx.device

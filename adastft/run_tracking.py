@@ -34,7 +34,8 @@ def tracking_uri(cfg: Config) -> str:
 def open_run(cfg: Config, classes: Sequence[str], train_clips: int, run_id: str | None, start_epoch: int) -> Tracker:
     """The run's MLflow run: new, or ``run_id`` resumed at ``start_epoch``; its params once, at the start."""
     tags = {"experiment": cfg.name, "learn_window": str(cfg.stft.learn_window),
-            "learn_kernel": str(cfg.stft.learn_kernel), "n_frontends": str(cfg.model.n_frontends),
+            "learn_kernel": str(cfg.stft.learn_kernel), "learn_win_length": str(cfg.stft.learn_win_length),
+            "n_frontends": str(cfg.model.n_frontends),
             **cfg.tracking.tags}
     tracker = Tracker(
         tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
@@ -97,10 +98,15 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequen
     fronts = model.frontends()
     for i, front in enumerate(fronts):
         prefix = f"frontend{i}_" if len(fronts) > 1 else ""
-        tracker.log_tensor(f"{prefix}window_{which}", front.window, formats=formats)
+        window = front.effective_window().detach()  # with a learned length: the taper times its correction
+        tracker.log_tensor(f"{prefix}window_{which}", window, formats=formats)
         tracker.log_tensor(f"{prefix}kernel_{which}", front.kernel, formats=formats)
+        if front.log_win_scale is not None:
+            tracker.log_tensor(f"{prefix}win_length_{which}", front.current_win_length().detach(), formats=formats)
         if plots_too:
-            tracker.log_figure(plots.plot_window(front.window, front.initial_window, title=f"{prefix}window ({which})"),
+            length = f", length {float(front.current_win_length().detach()):.1f}" if front.log_win_scale is not None else ""
+            tracker.log_figure(plots.plot_window(window, front.initial_window,
+                                                 title=f"{prefix}window ({which}{length})"),
                                f"plots/{prefix}window.png")
             tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
                                                         title=f"{prefix}kernel change ({which})"),

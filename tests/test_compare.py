@@ -162,3 +162,23 @@ def test_ctrl_c_stops_the_comparison_with_its_resume_command(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("compare-test").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED", "KILLED"]
     assert all("continue with python" in r.data.tags["stopped"] for r in runs)
+
+
+def test_named_arms_take_several_overrides_each_and_refuse_sweeps():
+    from tune.arms import compose_arm, named_arms
+    from tune.settings import SearchError
+
+    arms = named_arms(["slow:stft=learn_both stft.lr=1e-4", "fixed:stft=fixed"], ["train.epochs=2"])
+    assert [(a.name, a.overrides) for a in arms] == [
+        ("slow", ("train.epochs=2", "stft=learn_both", "stft.lr=1e-4")), ("fixed", ("train.epochs=2", "stft=fixed"))]
+    cfg = compose_arm(arms[0])
+    assert (cfg.stft.learn_kernel, cfg.stft.lr, cfg.train.epochs) == (True, 1e-4, 2)
+    for specs, common, message in [
+        (["no colon"], [], "--arm 'no colon': give NAME:OVERRIDES"),
+        (["a:stft=fixed", "a:stft=learn_both"], [], "two --arm flags have the same name"),
+        (["a:stft=fixed"], ["model=resnet18,resnet34"], "'model=resnet18,resnet34': with --arm the other overrides"),
+    ]:
+        with pytest.raises(SearchError, match=message):
+            named_arms(specs, common)
+    # a dict value's commas are not a sweep
+    assert named_arms(["a:stft=fixed"], ["data.split_files={train:a.txt,val:b.txt}"])[0].name == "a"

@@ -65,6 +65,28 @@ def expand_arms(overrides: list[str], config_dir: Path) -> list[Arm]:
     return arms
 
 
+def named_arms(specs: list[str], common: list[str]) -> list[Arm]:
+    """Arms given as ``NAME:override override ...`` (``--arm``), each with the ``common`` overrides
+    first; a sweep among ``common`` is refused (the arms are named, not swept)."""
+    arms = []
+    for spec in specs:
+        name, sep, rest = spec.partition(":")
+        name = name.strip()
+        if not sep or not name or any(c.isspace() for c in name):
+            raise SearchError(f"--arm {spec!r}: give NAME:OVERRIDES, e.g. --arm 'slow:stft=learn_both stft.lr=1e-4'")
+        arms.append(Arm(name, (*common, *rest.split())))
+    if len({arm.name for arm in arms}) < len(arms):
+        raise SearchError("two --arm flags have the same name: name each arm once")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    swept = [text for text in common if parser.parse_overrides([text])[0].is_sweep_override()]
+    if swept:
+        raise SearchError(f"{swept[0]!r}: with --arm the other overrides are common to every arm; move the sweep into "
+                          "the --arm flags")
+    return arms
+
+
 def compose_arm(arm: Arm) -> Config:
     """The arm's validated training config; :class:`ConfigError` names the arm and the bad key."""
     from adastft.train import precheck

@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # as the search: a killed driver loses no finished trial
 
 from tune.interrupt import command_of  # noqa: E402
-from tune.arms import compose_arm, expand_arms, find_baseline  # noqa: E402
+from tune.arms import compose_arm, expand_arms, find_baseline, named_arms  # noqa: E402
 from tune.cli import add_run_flags, check_run_flags, drive, open_study  # noqa: E402
 from tune.settings import SearchError, absolutise  # noqa: E402
 
@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--baseline", default=None,
                    help="the arm the others are compared with: its name (stft=fixed) or its swept value (fixed); "
                         "default: the first arm")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME:OVERRIDES",
+                   help="a named arm of several overrides, e.g. --arm 'slow:stft=learn_both stft.lr=1e-4' "
+                        "(repeat it; the other overrides are common to all arms and may not sweep)")
     add_run_flags(p, "comparison", "compare", "./runs/compare")
     args, overrides = p.parse_known_args(argv)
     check_run_flags(p, args, overrides)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     def check():
         from adastft.train import CONFIG_DIR
 
-        arms = expand_arms(overrides, CONFIG_DIR)
+        arms = named_arms(args.arm, overrides) if args.arm else expand_arms(overrides, CONFIG_DIR)
         baseline = find_baseline(arms, args.baseline)
         configs = {arm.name: absolutise(compose_arm(arm), cwd) for arm in arms}
         first = configs[arms[0].name]
