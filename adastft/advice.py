@@ -31,5 +31,8 @@ def advice(cfg: Config) -> list[str]:
     if (stft.learn_window or stft.learn_kernel or stft.learn_win_length) and stft.learn_after_epoch >= cfg.train.epochs:
         out.append(f"stft.learn_after_epoch={stft.learn_after_epoch} is not before the last epoch "
                    f"(train.epochs={cfg.train.epochs}): the front end never learns")
+    if not cfg.data.augment and cfg.data.mixup_alpha is not None:
+        out.append(f"data.augment=false switches every training augmentation off, data.mixup_alpha="
+                   f"{cfg.data.mixup_alpha:g} too: set data.augment=true to mix")
     return out
 

@@ -1,6 +1,6 @@
-"""The objects a config describes, built at the edge: the classifier, its optimiser and the
-waveform augmentation. Library classes take plain arguments; only these functions read a
-:class:`Config`.
+"""The objects a config describes, built at the edge: the classifier, its optimiser, the
+waveform augmentation and mixup. Library classes take plain arguments; only these functions read
+a :class:`Config`.
 
 Example::
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adastft.config import SPEC_AUGMENT_KEYS, Config, arguments_for
-from adastft.data import Augment, SpecAugment
+from adastft.config import MIXUP_KEYS, SPEC_AUGMENT_KEYS, Config, arguments_for
+from adastft.data import Augment, Mixup, SpecAugment
 from adastft.layer import AdaSTFT, AdaSTFTBank
 from adastft.model import AdaSTFTClassifier
 
@@ -43,3 +43,9 @@ def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimi
 def build_augment(cfg: Config) -> nn.Module | None:
     """The waveform augmentation (noise, gain, delay), or None with ``data.augment=false``."""
     return Augment(**arguments_for(Augment, cfg.data)) if cfg.data.augment else None
+
+
+def build_mixup(cfg: Config) -> Mixup | None:
+    """Mixup at ``data.mixup_alpha``, or None when that is null or ``data.augment=false``."""
+    d = cfg.data
+    return Mixup(**arguments_for(Mixup, d, MIXUP_KEYS)) if d.augment and d.mixup_alpha is not None else None

@@ -5,8 +5,8 @@ checkpoint stores) into dataclasses, rejecting an unknown key or a bad value wit
 names it. ``Config.to_dict`` goes back to plain data for MLflow params and checkpoints.
 
 A value is checked by the class that takes it (``AdaSTFT``, ``DataSpec``, the datasets,
-``Augment``, the classifier, the schedule): :meth:`Config.validate` hands each its keys as
-arguments and puts the key in its message (``n_fft must be ...`` -> ``stft.n_fft must be ...``).
+``Augment``, ``Mixup``, the classifier, the schedule): :meth:`Config.validate` hands each its keys
+as arguments and puts the key in its message (``n_fft must be ...`` -> ``stft.n_fft must be ...``).
 A section's own ``validate`` checks only what no class takes (the optimiser, the run, tracking,
 and what training needs of the splits).
 """
@@ -55,6 +55,9 @@ class DataConfig:
     time_mask_frames: int = 8
     freq_masks: int = 2
     freq_mask_bins: int = 8
+    # mixup of waveforms and labels, lambda ~ Beta(mixup_alpha, mixup_alpha) per example; None: off.
+    # Off until a measurement on real audio (GTZAN) chooses the default.
+    mixup_alpha: float | None = None
 
     def spec(self):
         """The :class:`adastft.data.DataSpec` these settings describe (validated by it)."""
@@ -213,7 +216,7 @@ class Config:
 
     def validate(self) -> None:
         """Every value checked once: by the class that takes it, or by its section (what none takes)."""
-        from adastft.data import Augment, SpecAugment, check_batching, check_parts
+        from adastft.data import Augment, Mixup, SpecAugment, check_batching, check_parts
         from adastft.data.vote import check_method
         from adastft.model import AdaSTFTClassifier
         from adastft.schedule import check_schedule
@@ -226,6 +229,8 @@ class Config:
         _check(check_method, "data", {"method": ("data.vote", d.vote)})
         _check(Augment, "data", _arguments("data", d, Augment))
         _check(SpecAugment, "data", _arguments("data", d, SpecAugment, SPEC_AUGMENT_KEYS))
+        if d.mixup_alpha is not None:
+            _check(Mixup, "data", _arguments("data", d, Mixup, MIXUP_KEYS))
         _check(AdaSTFT.check_arguments, "stft",
                {**_arguments("stft", self.stft, AdaSTFT), "sample_rate": ("data.sample_rate", d.sample_rate)})
         _check(AdaSTFTClassifier.check_arguments, "model", _arguments("model", self.model,
@@ -291,6 +296,8 @@ def check_key(dotted: str) -> None:
 # SpecAugment's arguments and the data keys that give them
 SPEC_AUGMENT_KEYS = {"freq_mask_param": "freq_mask_bins", "time_mask_param": "time_mask_frames",
                      "n_freq_masks": "freq_masks", "n_time_masks": "time_masks"}
+# Mixup's arguments and the data keys that give them
+MIXUP_KEYS = {"alpha": "mixup_alpha"}
 
 
 def _arguments(where: str, section: Any, owner: Callable[..., Any],

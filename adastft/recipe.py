@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from adastft import distributed
-from adastft.builders import build_augment, build_model, build_optimizer
+from adastft.builders import build_augment, build_mixup, build_model, build_optimizer
 from adastft.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from adastft.config import Config
 from adastft.data import ClipStore, DataError, TrainCrops, prepare
@@ -60,6 +60,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     augment: nn.Module | None
     loader: DataLoader  # TrainCrops through a DistributedSampler
+    mixup: nn.Module | None = None  # after augment, on the waveforms; the loss then takes soft targets
     tracker: RunTracker = field(default_factory=NullTracker)
     node_sampler: Any = None  # this machine's system metrics, on the first rank of a machine other than rank 0's
     timer: PhaseTimer = field(default_factory=PhaseTimer)
@@ -137,7 +138,7 @@ def setup(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> Trai
                                   and not torch.cuda.is_bf16_supported())
     augment = build_augment(cfg)
     state = TrainState(cfg, ctx, reporter, store, model, optimizer, scheduler, per_step, scaler,
-                       augment.to(device) if augment is not None else None, loader)
+                       augment.to(device) if augment is not None else None, loader, mixup=build_mixup(cfg))
     run_id = cfg.tracking.run_id
     if cfg.train.resume and (state.out_dir / "last.pt").exists():
         run_id = _resume(state) or run_id
@@ -273,8 +274,11 @@ def _train_steps(state: TrainState) -> float:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if state.augment is not None:
             x = state.augment(x)
+        target = y
+        if state.mixup is not None:  # class probabilities, which cross_entropy takes as they are
+            x, target, _, _ = state.mixup(x, y, len(state.store.classes))
         with autocast(device, state.amp):
-            loss = nn.functional.cross_entropy(net(x).float(), y)
+            loss = nn.functional.cross_entropy(net(x).float(), target)
         if ctx.any(not bool(torch.isfinite(loss))):
             raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
         state.optimizer.zero_grad(set_to_none=True)

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from adastft import distributed, recipe, timing
-from adastft.builders import build_augment, build_model, build_optimizer
+from adastft.builders import build_augment, build_mixup, build_model, build_optimizer
 from adastft.config import Config
 from adastft.evaluation import EvalResult, evaluate
 from adastft.recipe import NonFiniteLoss, seed_everything
 from adastft.run_tracking import log_frontends, samples_its_node
 
 __all__ = [
-    "EPOCH_METRICS", "EvalResult", "NonFiniteLoss", "NullReporter", "Reporter", "build_augment",
+    "EPOCH_METRICS", "EvalResult", "NonFiniteLoss", "NullReporter", "Reporter", "build_augment", "build_mixup",
     "build_model", "build_optimizer", "evaluate", "log_frontends", "samples_its_node", "seed_everything", "train",
 ]
 

@@ -92,6 +92,8 @@ BAD = [
     ({"data": {"parts": 1000, "clip_seconds": 6.0}}, "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024"),
     ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be None or (low, high) with low <= high"),
     ({"data": {"freq_mask_bins": -1}}, "data.freq_mask_bins must be an integer >= 0, got -1"),
+    ({"data": {"mixup_alpha": -1}}, "data.mixup_alpha must be > 0, got -1.0"),
+    ({"data": {"mixup_alpha": 0, "augment": False}}, "data.mixup_alpha must be > 0, got 0.0"),  # null is off
     ({"data": {"vote": "mena"}}, "data.vote must be one of majority, mean, got 'mena' (did you mean 'mean'?)"),
     ({"data": {"test_fraction": 1.0}}, "data.test_fraction must be in [0, 1), got 1.0"),
     ({"model": {"dropout": 1.0}}, "model.dropout must be in [0, 1), got 1.0"),
@@ -194,6 +196,7 @@ OVERRIDES = [
     (["optim.lr.x=1"], "unknown key 'optim.lr.x': 'optim.lr' is a value, not a config section"),
     (["optim.lr=[1,2"], "cannot parse override 'optim.lr=[1,2': "),
     (["stft.n_fft=1"], "stft.n_fft must be an integer >= 2, got 1"),
+    (["data.mixup_alpha=-1"], "data.mixup_alpha must be > 0, got -1.0"),
     (["tracking.tags.team=a"], "tracking.tags.team is not in the composed config: add it with +tracking.tags.team=a"),
     (["train.epochs=${nowhere}"], "Interpolation key 'nowhere' not found"),  # Hydra's (OmegaConf's) own, first line
 ]
@@ -204,6 +207,21 @@ def test_overrides_are_checked_before_hydra_composes_them(overrides, message):
     with pytest.raises(ConfigError) as info:
         _compose(overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mixup_is_built_from_data_mixup_alpha_and_a_search_can_sample_it():
+    from adastft.data import Mixup
+    from adastft.training import build_mixup
+    from tune.space import SearchSpec
+
+    assert _compose([]).data.mixup_alpha is None and build_mixup(Config()) is None  # off until measured
+    mixup = build_mixup(_compose(["data.mixup_alpha=0.2"]))
+    assert isinstance(mixup, Mixup) and (mixup.alpha, mixup.p) == (0.2, 1.0)
+    assert build_mixup(Config.from_dict({"data": {"mixup_alpha": 0.2, "augment": False}})) is None
+    space = {"data.mixup_alpha": {"type": "loguniform", "low": 0.1, "high": 1.0}}
+    SearchSpec.from_dict({"space": space, "points_to_evaluate": [{"data.mixup_alpha": 0.2}]}, Config())
+    with pytest.raises(ConfigError, match=r"search.space.data.mixup_alpha: data.mixup_alpha must be > 0, got 0.0"):
+        SearchSpec.from_dict({"space": {"data.mixup_alpha": {"type": "uniform", "low": 0.0, "high": 1.0}}}, Config())
 
 
 def test_overrides_reach_the_config():
@@ -286,6 +304,9 @@ def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_sh
         "stft.learn_after_epoch=30 is not before the last epoch (train.epochs=30): the front end never learns",
     ]
     assert advice(Config.from_dict({"optim": {"name": "sgd", "lr": 0.5}})) == []  # SGD's range is wider
+    assert advice(Config.from_dict({"data": {"augment": False, "mixup_alpha": 0.4}})) == [
+        "data.augment=false switches every training augmentation off, data.mixup_alpha=0.4 too: "
+        "set data.augment=true to mix"]
 
 
 def test_the_commands_print_advice_before_work(tmp_path):

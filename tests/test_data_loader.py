@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from adastft.data import (
-    Augment, DataSpec, EvalParts, SpecAugment, TrainCrops, eval_loader, prepare, spaced_parts, spec_augment,
+    Augment, DataSpec, EvalParts, Mixup, SpecAugment, TrainCrops, eval_loader, prepare, spaced_parts, spec_augment,
     train_loader, vote, vote_accuracy,
 )
 from data_helpers import RATE
@@ -204,6 +204,53 @@ def test_augment_checks_arguments():
         Augment(max_delay_s=-1)
     with pytest.raises(ValueError, match=r"Augment needs a float \(batch, time\) tensor"):
         Augment(gain_db=(0, 1))(torch.zeros(2, 3, 100))
+
+
+_LABELS = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+
+
+def test_mixup_mixes_each_example_with_its_pair_by_its_own_lambda():
+    torch.manual_seed(0)
+    x, target, lam, perm = Mixup(alpha=0.4)(_WAVE, _LABELS, num_classes=5)
+    assert x.shape == _WAVE.shape and target.shape == (8, 5) and lam.shape == perm.shape == (8,)
+    assert sorted(perm.tolist()) == list(range(8))  # a permutation of the batch
+    assert ((lam >= 0) & (lam <= 1)).all() and len(set(lam.tolist())) == 8  # one lambda per example
+    torch.testing.assert_close(x, lam[:, None] * _WAVE + (1 - lam[:, None]) * _WAVE[perm])
+    onehot = torch.nn.functional.one_hot(_LABELS, 5).float()
+    torch.testing.assert_close(target, lam[:, None] * onehot + (1 - lam[:, None]) * onehot[perm])
+    torch.testing.assert_close(target.sum(dim=1), torch.ones(8))
+    assert (target[:, 4] == 0).all()  # no class that neither example of a pair has
+
+
+def test_mixup_repeats_with_the_seed_and_is_the_identity_in_eval():
+    mixup = Mixup(alpha=1.0)
+    torch.manual_seed(3)
+    first = mixup(_WAVE, _LABELS, 4)
+    torch.manual_seed(3)
+    for a, b in zip(first, mixup(_WAVE, _LABELS, 4)):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], _WAVE)
+    x, target, lam, perm = mixup.eval()(_WAVE, _LABELS, 4)
+    assert x is _WAVE and torch.equal(target, torch.nn.functional.one_hot(_LABELS, 4).float())
+    assert (lam == 1).all() and torch.equal(perm, torch.arange(8))
+
+
+def test_mixup_with_p_leaves_the_others_unmixed():
+    torch.manual_seed(0)
+    x, target, lam, _ = Mixup(alpha=0.4, p=0.5)(_WAVE, _LABELS, 4)
+    kept = lam == 1
+    assert 0 < kept.sum() < 8
+    assert torch.equal(x[kept], _WAVE[kept]) and (target[kept].max(dim=1).values == 1).all()
+
+
+def test_mixup_checks_arguments():
+    for alpha in (0, -1, float("inf"), True, None):
+        with pytest.raises(ValueError, match=f"^alpha must be > 0, got {alpha!r}$"):
+            Mixup(alpha=alpha)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 2"):
+        Mixup(alpha=0.2, p=2)
+    with pytest.raises(ValueError, match=r"Mixup needs integer labels of shape \(8,\)"):
+        Mixup(alpha=0.2)(_WAVE, _LABELS[:4], 4)
 
 
 def test_spec_augment_masks_bands_shared_by_channels():

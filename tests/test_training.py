@@ -332,6 +332,35 @@ def test_front_end_starts_learning_at_the_configured_epoch(tmp_path):
     assert history.metrics[1]["kernel_change"] > 0
 
 
+def test_mixup_trains_on_soft_targets_and_resumes_to_the_same_losses(tmp_path, monkeypatch):
+    from adastft.data import Mixup
+
+    calls = []
+    forward = Mixup.forward
+    monkeypatch.setattr(Mixup, "forward", lambda self, *a: (calls.append(self.training), forward(self, *a))[1])
+
+    class Stopped(Exception):
+        pass
+
+    class StopAfterOne(NullReporter):
+        def report(self, metrics, checkpoint_dir):
+            raise Stopped
+
+    def config(name):
+        return small_config(tmp_path / name, tracking={"enabled": False}, train={"epochs": 2, "max_batches": 2},
+                            data={"mixup_alpha": 0.4, "cache_dir": str(tmp_path / "cache")})
+
+    straight = _History()
+    train(config("a"), straight)
+    assert calls == [True] * 4  # every training batch, never evaluation
+    with pytest.raises(Stopped):
+        train(config("b"), StopAfterOne())
+    resumed = _History()
+    train(config("b"), resumed)
+    losses = [m["train_loss"] for m in straight.metrics]
+    assert all(np.isfinite(losses)) and resumed.metrics[-1]["train_loss"] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_pretrained_backbone_comes_from_a_local_file_only(tmp_path):
     import torchvision
 

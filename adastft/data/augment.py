@@ -1,7 +1,7 @@
-"""Training-only augmentations, batched on the device: waveform noise, gain and delay, and
-SpecAugment masks for the spectrogram the model computes.
+"""Training-only augmentations, batched on the device: waveform noise, gain and delay, mixup of
+the waveforms and their labels, and SpecAugment masks for the spectrogram the model computes.
 
-Both modules draw one set of random parameters per example with torch's RNG on the input's
+The modules draw one set of random parameters per example with torch's RNG on the input's
 device, in a handful of tensor operations per batch (no Python loop over examples), and are the
 identity in ``eval()`` mode, so evaluation is never augmented.
 """
@@ -96,6 +96,68 @@ class Augment(nn.Module):
     def extra_repr(self) -> str:
         return (f"noise_snr_db={self.noise_snr_db}, gain_db={self.gain_db}, max_delay_s={self.max_delay_s}, "
                 f"sample_rate={self.sample_rate}, p={self.p}")
+
+
+class Mixup(nn.Module):
+    """Mixup (Zhang et al. 2018) of waveforms and labels, on in ``train()`` only:
+    ``(batch, time), (batch,) -> (batch, time), (batch, num_classes)``.
+
+    Each example ``i`` is paired with example ``perm[i]`` of a random permutation of the batch
+    and, with probability ``p``, mixed with its own ``lam[i] ~ Beta(alpha, alpha)``:
+    ``x[i] * lam[i] + x[perm[i]] * (1 - lam[i])``, with the soft target
+    ``lam[i] * onehot(y[i]) + (1 - lam[i]) * onehot(y[perm[i]])`` (rows sum to 1; cross-entropy
+    takes it as class probabilities). Unmixed examples, and every example in ``eval()``, keep
+    ``x[i]`` and ``onehot(y[i])``. ``forward`` also returns ``lam`` and ``perm``.
+
+    One ``lam`` per example, not per batch: a batch then covers the whole Beta distribution at
+    every step instead of one draw of it, so the gradient's noise from the mixing averages out
+    within the batch (a per-batch ``lam`` near 0.5 blurs every example of that step at once).
+    torchvision's ``MixUp`` draws one per batch and pairs by rolling the batch, hence this module.
+
+    In training it mixes the waveforms, after :class:`Augment` and before the model: the mix is
+    two songs sounding together, and its spectrogram is not the mix of the two spectrograms
+    (magnitudes and compression are not linear). Each song's own gain, delay and noise come
+    first, so the target weighs the songs by ``lam``, not by their loudness in the mix.
+    :class:`SpecAugment` then masks the mix's spectrogram: both songs lose the same bands.
+
+    Example::
+
+        mixup = Mixup(alpha=0.2)
+        x, target, _, _ = mixup(augment(x), y, num_classes=10)  # after the waveform Augment
+        loss = nn.functional.cross_entropy(model(x), target)
+    """
+
+    def __init__(self, alpha: float, p: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        self.alpha = float(alpha)
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, num_classes: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mixed x, soft targets, lam (batch,), perm (batch,))``; ``x`` may be ``(batch, ...)``."""
+        if not torch.is_tensor(x) or x.dim() < 1 or not torch.is_floating_point(x):
+            raise ValueError(f"Mixup needs a float (batch, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        if not torch.is_tensor(y) or y.shape != x.shape[:1] or torch.is_floating_point(y):
+            raise ValueError(f"Mixup needs integer labels of shape ({x.shape[0]},), got {getattr(y, 'shape', y)}")
+        batch = x.shape[0]
+        target = nn.functional.one_hot(y.long(), num_classes).to(x.dtype)  # (B, C)
+        if not self.training:
+            return x, target, torch.ones(batch, dtype=x.dtype, device=x.device), torch.arange(batch, device=x.device)
+        concentration = torch.full((batch,), self.alpha, device=x.device)
+        lam = torch.distributions.Beta(concentration, concentration).sample().to(x.dtype)  # (B,)
+        if self.p < 1:
+            lam = torch.where(torch.rand(batch, device=x.device) < self.p, lam, torch.ones_like(lam))
+        perm = torch.randperm(batch, device=x.device)
+        w = lam.view(batch, *([1] * (x.dim() - 1)))  # (B, 1, ...)
+        mixed = x * w + x[perm] * (1 - w)
+        return mixed, target * lam[:, None] + target[perm] * (1 - lam[:, None]), lam, perm
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, p={self.p}"
 
 
 def spec_augment(
