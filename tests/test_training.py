@@ -332,6 +332,26 @@ def test_front_end_starts_learning_at_the_configured_epoch(tmp_path):
     assert history.metrics[1]["kernel_change"] > 0
 
 
+def test_window_length_learns_from_its_epoch_and_is_logged(tmp_path):
+    history = _History()
+    cfg = small_config(tmp_path, train={"epochs": 2, "max_batches": 2}, optim={"lr": 1e-2},
+                       stft={"learn_after_epoch": 1, "learn_win_length": True, "learn_window": False,
+                             "learn_kernel": False, "win_length": 200},
+                       tracking={"tensor_formats": ["npy"], "log_model": False})
+    train(cfg, history)
+    lengths = [m["win_length"] for m in history.metrics]
+    assert lengths[0] == pytest.approx(200.0) and abs(lengths[1] - 200.0) > 1e-3, lengths
+    assert history.metrics[1]["window_change"] > 0 and history.metrics[1]["kernel_change"] == 0.0
+    client = MlflowClient(cfg["tracking"]["uri"])
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "unit"])
+    assert run.data.tags["learn_win_length"] == "True"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "win_length")] == pytest.approx(lengths)
+    tensors = {a.path for a in client.list_artifacts(run.info.run_id, "tensors")}
+    assert {"tensors/win_length_best.npy", "tensors/window_best.npy"} <= tensors
+    window = np.load(client.download_artifacts(run.info.run_id, "tensors/window_best.npy", str(tmp_path)))
+    assert window.shape == (256,)  # the applied window on the n_fft support, the taper times its correction
+
+
 def test_mixup_trains_on_soft_targets_and_resumes_to_the_same_losses(tmp_path, monkeypatch):
     from adastft.data import Mixup
 
