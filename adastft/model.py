@@ -98,8 +98,9 @@ class AdaSTFTClassifier(nn.Module):
     def frontends(self) -> list[AdaSTFT]:
         return list(self.frontend.layers) if isinstance(self.frontend, AdaSTFTBank) else [self.frontend]
 
-    def set_frontend_learning(self, window: bool | None = None, kernel: bool | None = None) -> None:
-        self.frontend.set_learning(window=window, kernel=kernel)
+    def set_frontend_learning(self, window: bool | None = None, kernel: bool | None = None,
+                              compression: bool | None = None) -> None:
+        self.frontend.set_learning(window=window, kernel=kernel, compression=compression)
 
     def parameter_groups(self, lr: float, weight_decay: float, frontend_lr: float | None = None) -> list[dict]:
         """Back end with weight decay; front end in its own group, no decay, optional own lr."""

@@ -68,7 +68,7 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
     net: nn.Module | None = None  # the model, under DDP when distributed
-    switches: tuple[bool, bool] | None = None  # (window, kernel) learning that ``net`` was built for
+    switches: tuple[bool, bool, bool] | None = None  # (window, kernel, compression) learning ``net`` was built for
 
     @property
     def amp(self) -> bool:
@@ -244,11 +244,13 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
 
 def _set_learning(state: TrainState, epoch: int) -> None:
     on = epoch >= state.cfg.stft.learn_after_epoch
-    switches = (state.cfg.stft.learn_window and on, state.cfg.stft.learn_kernel and on)
+    stft = state.cfg.stft
+    switches = (stft.learn_window and on, stft.learn_kernel and on, stft.learn_compression and on)
     if switches == state.switches:
         return
     state.switches = switches
-    state.model.frontend.set_learning(window=switches[0], kernel=switches[1])  # AdaSTFT or AdaSTFTBank
+    state.model.frontend.set_learning(window=switches[0], kernel=switches[1],
+                                      compression=switches[2])  # AdaSTFT or AdaSTFTBank
     # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it whenever
     # the front end's learning switches change.
     device = state.ctx.device
