@@ -28,7 +28,11 @@ def advice(cfg: Config) -> list[str]:
     if stft.hop_length is not None and stft.hop_length > window:
         out.append(f"stft.hop_length={stft.hop_length} is longer than the window ({window} samples): "
                    f"{stft.hop_length - window} samples between frames are never seen")
-    if (stft.learn_window or stft.learn_kernel or stft.learn_win_length) and stft.learn_after_epoch >= cfg.train.epochs:
+    if stft.learn_compression and stft.compression != "pcen":
+        out.append(f"stft.learn_compression=true does nothing with stft.compression={stft.compression}: "
+                   "only pcen has parameters to learn")
+    learns = stft.learn_window or stft.learn_kernel or stft.learn_compression or stft.learn_win_length
+    if learns and stft.learn_after_epoch >= cfg.train.epochs:
         out.append(f"stft.learn_after_epoch={stft.learn_after_epoch} is not before the last epoch "
                    f"(train.epochs={cfg.train.epochs}): the front end never learns")
     if not cfg.data.augment and cfg.data.mixup_alpha is not None:

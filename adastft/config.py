@@ -103,6 +103,7 @@ class StftConfig(StftArguments):
 
     learn_window: bool = False
     learn_kernel: bool = False
+    learn_compression: bool = False  # PCEN's parameters (stft.compression=pcen); the others have none
     learn_after_epoch: int = 0  # learning (if on) starts at this epoch (0-based)
     lr: float | None = None  # the front end's own learning rate; None = optim.lr
 

@@ -2,7 +2,7 @@
 
 The module (``adastft.layer``) owns the tensors; these functions only compute. Shapes use
 ``B`` batch, ``L`` samples, ``T`` frames, ``N`` n_fft, ``W`` win_length, ``F`` n_fft // 2 + 1
-frequency bins and ``M`` mel bands.
+frequency bins and ``M`` mel bands (or ``F`` rows, without a mel filterbank).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "kaiser", "rectangular")
-COMPRESSIONS = ("none", "log1p", "db")
+COMPRESSIONS = ("none", "log1p", "db", "pcen")
 PAD_MODES = ("reflect", "constant", "replicate", "circular")
 
 
@@ -252,7 +253,51 @@ def compress(x: torch.Tensor, method: str, power: float, log_gain: float) -> tor
         return torch.log1p(log_gain * x) / math.log(10.0)
     if method == "db":
         return (20.0 / power) * torch.log10(torch.clamp(x, min=1e-10))
+    if method == "pcen":  # its parameters live in a module: adastft.pcen.PCEN
+        raise ValueError("compression 'pcen' has learnable state: use adastft.pcen.PCEN, or functional.pcen")
     raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {method!r}")
+
+
+def ema(x: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+    """Exponential moving average over the last (time) axis, one coefficient per row.
+
+    ``(..., M, T), (M,) -> (..., M, T)``: ``m[0] = x[0]`` and ``m[t] = (1 - s) m[t-1] + s x[t]``,
+    as LEAF starts it (its first step is the same recurrence from ``m[-1] = x[0]``). Computed as
+    ``torchaudio.functional.lfilter`` from a zero state, which runs the recursion in C++ with its
+    own backward, plus the initial state's free decay ``(1 - s)^(t+1) x[0]``.
+    """
+    n_frames = x.shape[-1]
+    s = smoothing.to(x.dtype)
+    # lfilter's rows are its filters: y[t] = s x[t] + (1 - s) y[t-1]
+    a = torch.stack([torch.ones_like(s), s - 1.0], dim=-1)  # (M, 2)
+    b = torch.stack([s, torch.zeros_like(s)], dim=-1)  # (M, 2)
+    zero_state = AF.lfilter(x, a, b, clamp=False, batching=True)  # (..., M, T)
+    steps = torch.arange(1, n_frames + 1, device=x.device, dtype=x.dtype)
+    decay = torch.exp(steps * torch.log1p(-s).unsqueeze(-1))  # (M, T): (1 - s)^(t+1)
+    return zero_state + decay * x[..., :1]
+
+
+def pcen(
+    x: torch.Tensor,
+    smoothing: torch.Tensor,
+    alpha: torch.Tensor,
+    delta: torch.Tensor,
+    root: torch.Tensor,
+    floor: float = 1e-12,
+) -> torch.Tensor:
+    """Per-channel energy normalisation (Wang et al. 2017; LEAF, Zeghidour et al. 2021).
+
+    ``(..., M, T) -> (..., M, T)`` for a non-negative energy ``x`` and per-row ``(M,)`` parameters,
+    already in range: smoothing ``s`` in (0, 1), ``alpha`` in [0, 1], ``delta > 0``, ``root >= 1``::
+
+        m = ema(x, s)
+        out = (x / (floor + m) ** alpha + delta) ** (1 / root) - delta ** (1 / root)
+
+    Example: ``pcen(mel, *(torch.full((128,), v) for v in (0.04, 0.96, 2.0, 2.0)))``.
+    """
+    smooth = ema(x, smoothing)
+    alpha, delta, inv_root = alpha.unsqueeze(-1), delta.unsqueeze(-1), 1.0 / root.unsqueeze(-1)  # (M, 1)
+    return (x / (floor + smooth).pow(alpha) + delta).pow(inv_root) - delta.pow(inv_root)
 
 
 def relative_change(current: torch.Tensor, initial: torch.Tensor) -> float:

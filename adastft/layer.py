@@ -1,8 +1,8 @@
 """AdaSTFT: a mel spectrogram whose window and DFT kernel can learn.
 
 At initialisation it computes exactly what ``torchaudio.transforms.MelSpectrogram`` computes with
-the same arguments; ``set_learning`` turns learning of the window and of the kernel on or off at
-any time.
+the same arguments; ``set_learning`` turns learning of the window and of the kernel (and of the
+PCEN compression's parameters) on or off at any time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import nn
 
 from adastft import functional as AFN
 from adastft.layer_checks import check_layer_arguments, mel_filters, min_input_length
+from adastft.pcen import ALPHA, DELTA, FLOOR, PCEN, ROOT, SMOOTHING
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,10 @@ class AdaSTFT(nn.Module):
     Parameters:
         ``window`` ``(win_length,)``, initialised to the named window;
         ``kernel`` ``(2, n_fft // 2 + 1, n_fft)``: ``kernel[0]`` the cos part and ``kernel[1]``
-        the (negative) sin part of the DFT, initialised to the exact DFT.
+        the (negative) sin part of the DFT, initialised to the exact DFT;
+        with ``compression="pcen"``, ``pcen`` (:class:`adastft.pcen.PCEN`), one smoothing, alpha,
+        delta and root per output row, initialised to ``pcen_smoothing``, ``pcen_alpha``,
+        ``pcen_delta`` and ``pcen_root`` (LEAF's 0.04, 0.96, 2, 2), learning with ``learn_compression``.
 
     While the kernel does not learn and still equals the DFT, the spectrogram is computed with
     the FFT (``torch.stft``); otherwise the frames are multiplied by the windowed kernel in one
@@ -74,8 +78,14 @@ class AdaSTFT(nn.Module):
         compression: str = "none",
         log_gain: float = 10.0,
         learn_win_length: bool = False,
+        pcen_smoothing: float = SMOOTHING,
+        pcen_alpha: float = ALPHA,
+        pcen_delta: float = DELTA,
+        pcen_root: float = ROOT,
+        pcen_floor: float = FLOOR,
         learn_window: bool = False,
         learn_kernel: bool = False,
+        learn_compression: bool = False,
     ) -> None:
         given = dict(locals())  # the arguments as passed; ARGUMENTS (the signature) says which
         super().__init__()
@@ -113,9 +123,14 @@ class AdaSTFT(nn.Module):
             self.register_buffer("mel_fb", fb)
         else:
             self.mel_fb = None
+        self.pcen = None
+        if self.compression == "pcen":
+            self.pcen = PCEN(self.n_mels or self.n_freq, self.pcen_smoothing, self.pcen_alpha, self.pcen_delta,
+                             self.pcen_root, self.pcen_floor)
         # Kernel version last verified equal to the DFT: the FFT path is valid while it holds.
         self._dft_version: int | None = None
-        self.set_learning(window=learn_window, kernel=learn_kernel, win_length=learn_win_length or None)
+        self.set_learning(window=learn_window, kernel=learn_kernel, compression=learn_compression,
+                          win_length=learn_win_length or None)
 
     @classmethod
     def check_arguments(cls, **kwargs: Any) -> dict[str, Any]:
@@ -140,20 +155,30 @@ class AdaSTFT(nn.Module):
     def learn_kernel(self) -> bool:
         return self.kernel.requires_grad
 
-    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
-                     win_length: bool | None = None) -> "AdaSTFT":
-        """Switch learning of the window, the kernel and/or the window's length (a layer built with
-        ``learn_win_length=True``); ``None`` leaves a switch as it is.
+    @property
+    def learn_compression(self) -> bool:
+        return self.pcen is not None and self.pcen.alpha.requires_grad
 
-        Safe mid-training: a frozen parameter's ``.grad`` is cleared, so optimisers skip it
-        (even with momentum) until it is switched on again.
+    def compression_parameters(self) -> list[nn.Parameter]:
+        """The compression's learnable parameters: PCEN's four, or none."""
+        return list(self.pcen.parameters()) if self.pcen is not None else []
+
+    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
+                     compression: bool | None = None, win_length: bool | None = None) -> "AdaSTFT":
+        """Switch learning of the window, kernel, compression and/or the window's length; ``None``
+        leaves a switch as it is.
+
+        ``compression`` switches PCEN's parameters; the other compressions have none, so there it
+        changes nothing. ``win_length`` needs a layer built with ``learn_win_length=True``. Safe mid-training: a frozen parameter's ``.grad`` is cleared, so
+        optimisers skip it (even with momentum) until it is switched on again.
         """
         if win_length and self.log_win_scale is None:
             raise ValueError("win_length learning needs a layer built with learn_win_length=True")
-        pairs = [(self.window, window), (self.kernel, kernel)]
+        switched = [(self.window, window), (self.kernel, kernel)]
+        switched += [(param, compression) for param in self.compression_parameters()]
         if self.log_win_scale is not None:
-            pairs.append((self.log_win_scale, win_length))
-        for param, flag in pairs:
+            switched.append((self.log_win_scale, win_length))
+        for param, flag in switched:
             if flag is None:
                 continue
             param.requires_grad_(bool(flag))
@@ -162,7 +187,7 @@ class AdaSTFT(nn.Module):
         return self
 
     def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
-        """One optimiser group holding the window and kernel, weight decay 0 by default.
+        """One optimiser group holding the window, kernel and PCEN's parameters, weight decay 0 by default.
 
         Frozen parameters are included so that learning can be switched on later without
         rebuilding the optimiser. Example: ``AdamW(layer.parameter_groups(lr=1e-4) + rest)``.
@@ -173,8 +198,10 @@ class AdaSTFT(nn.Module):
         return [group]
 
     def learnable(self) -> list[nn.Parameter]:
-        """The front end's parameters: window, kernel and, when built with it, the log window length."""
-        return [self.window, self.kernel] + ([self.log_win_scale] if self.log_win_scale is not None else [])
+        """The front end's parameters: window, kernel, PCEN's (with ``compression="pcen"``) and the
+        window's log length scale (with ``learn_win_length``)."""
+        scale = [self.log_win_scale] if self.log_win_scale is not None else []
+        return [self.window, self.kernel, *self.compression_parameters(), *scale]
 
     @property
     def learning_win_length(self) -> bool:
@@ -236,7 +263,10 @@ class AdaSTFT(nn.Module):
                 )  # (B, F, T)
             if self.mel_fb is not None:
                 spec = torch.matmul(self.mel_fb.t(), spec)  # (B, M, T)
-            spec = AFN.compress(spec, self.compression, self.power, self.log_gain)
+            if self.pcen is not None:
+                spec = self.pcen(spec)  # (B, M, T)
+            else:
+                spec = AFN.compress(spec, self.compression, self.power, self.log_gain)
         return spec.reshape(*lead, *spec.shape[-2:])
 
     # ---- inspection -------------------------------------------------------------------------
@@ -259,8 +289,10 @@ class AdaSTFT(nn.Module):
 
         ``{"format", "config", "window" (W,), "kernel_cos" (F, N), "kernel_sin" (F, N)}``, and with
         ``learn_win_length`` also ``"win_length"`` (0-d, samples) and ``"effective_window"`` (N,),
-        ``"window"`` then being the (N,) correction; save it with ``torch.save`` (loadable with
-        ``weights_only=True``) and restore with :meth:`load_learned` or :meth:`from_learned`.
+        ``"window"`` then being the (N,) correction; with PCEN ``"pcen"``: its stored parameters
+        ``{"smoothing_logit", "alpha", "log_delta", "root"}``, each ``(M,)`` (``self.pcen.values()``
+        gives them in range); save it with ``torch.save`` (loadable with ``weights_only=True``) and
+        restore with :meth:`load_learned` or :meth:`from_learned`.
         """
         learned = {
             "format": _EXPORT_FORMAT,
@@ -273,6 +305,8 @@ class AdaSTFT(nn.Module):
             with torch.no_grad():
                 learned["win_length"] = self.current_win_length().detach().cpu().clone()
                 learned["effective_window"] = self.effective_window().detach().cpu().clone()
+        if self.pcen is not None:
+            learned["pcen"] = {name: p.detach().cpu().clone() for name, p in self.pcen.named_parameters()}
         return learned
 
     def load_learned(self, learned: dict[str, Any]) -> "AdaSTFT":
@@ -289,12 +323,22 @@ class AdaSTFT(nn.Module):
             got = tuple(learned[key].shape)
             if got != shape:
                 raise ValueError(f"learned[{key!r}] has shape {got}, this layer needs {shape}")
+        pcen = dict(self.pcen.named_parameters()) if self.pcen is not None else {}
+        if ("pcen" in learned) != bool(pcen):
+            raise ValueError(f"learned {'has' if 'pcen' in learned else 'has no'} PCEN parameters, this layer's "
+                             f"compression is {self.compression!r}")
+        for name, param in pcen.items():
+            got = tuple(learned["pcen"][name].shape)
+            if got != tuple(param.shape):
+                raise ValueError(f"learned['pcen'][{name!r}] has shape {got}, this layer needs {tuple(param.shape)}")
         with torch.no_grad():
             self.window.copy_(learned["window"])
             self.kernel[0].copy_(learned["kernel_cos"])
             self.kernel[1].copy_(learned["kernel_sin"])
             if self.log_win_scale is not None:
                 self.log_win_scale.copy_((learned["win_length"] / self.win_length).log())
+            for name, param in pcen.items():
+                param.copy_(learned["pcen"][name])
         return self
 
     @classmethod
@@ -307,7 +351,8 @@ class AdaSTFT(nn.Module):
             f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, win_length={self.win_length}, "
             f"hop_length={self.hop_length}, n_mels={self.n_mels}, window={self.window_name!r}, "
             f"compression={self.compression!r}, learn_window={self.learn_window}, "
-            f"learn_kernel={self.learn_kernel}, learn_win_length={self.learn_win_length}"
+            f"learn_kernel={self.learn_kernel}, learn_compression={self.learn_compression}, "
+            f"learn_win_length={self.learn_win_length}"
         )
 
 
@@ -334,9 +379,9 @@ class AdaSTFTBank(nn.Module):
         return self.layers[i]
 
     def set_learning(self, window: bool | None = None, kernel: bool | None = None,
-                     win_length: bool | None = None) -> "AdaSTFTBank":
+                     compression: bool | None = None, win_length: bool | None = None) -> "AdaSTFTBank":
         for layer in self.layers:
-            layer.set_learning(window=window, kernel=kernel, win_length=win_length)
+            layer.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
         return self
 
     def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
@@ -367,5 +412,5 @@ class AdaSTFTBank(nn.Module):
 # The constructor's arguments, in order: the one list of them. The config's stft section
 # (adastft.config.StftConfig) and config() are read from it.
 ARGUMENTS = tuple(inspect.signature(AdaSTFT).parameters)
-SWITCHES = ("learn_window", "learn_kernel")  # learning on or off, not the shape of the STFT
+SWITCHES = ("learn_window", "learn_kernel", "learn_compression")  # learning on or off, not the shape of the STFT
 _ATTRIBUTE = {"window": "window_name"}  # self.window is the learnable tensor

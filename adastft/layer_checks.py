@@ -15,6 +15,7 @@ import torchaudio.functional as AF
 
 from adastft import functional as AFN
 from adastft.checks import need, one_of
+from adastft.pcen import check_pcen_arguments
 
 
 def check_layer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +49,12 @@ def check_layer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     need(not a.learn_win_length or a.window in AFN.TAPERED_WINDOWS,
          f"learn_win_length needs a tapered window ({', '.join(AFN.TAPERED_WINDOWS)}), got window={a.window!r}: "
          "a rectangular window's length has no gradient")
+    check_pcen_arguments(a.pcen_smoothing, a.pcen_alpha, a.pcen_delta, a.pcen_root, a.pcen_floor, prefix="pcen_")
 
     a.sample_rate, a.center = int(a.sample_rate), bool(a.center)
     a.f_min, a.f_max, a.power, a.log_gain = float(a.f_min), float(a.f_max), float(a.power), float(a.log_gain)
+    a.pcen_smoothing, a.pcen_alpha, a.pcen_delta = float(a.pcen_smoothing), float(a.pcen_alpha), float(a.pcen_delta)
+    a.pcen_root, a.pcen_floor = float(a.pcen_root), float(a.pcen_floor)
     if a.n_mels is not None:
         empty = _empty_filters(a.n_fft // 2 + 1, a.f_min, a.f_max, a.n_mels, a.sample_rate, a.norm, a.mel_scale)
         need(not empty, f"n_mels={a.n_mels} leaves {empty} empty mel filters with n_fft={a.n_fft} between "

@@ -99,8 +99,8 @@ class AdaSTFTClassifier(nn.Module):
         return list(self.frontend.layers) if isinstance(self.frontend, AdaSTFTBank) else [self.frontend]
 
     def set_frontend_learning(self, window: bool | None = None, kernel: bool | None = None,
-                              win_length: bool | None = None) -> None:
-        self.frontend.set_learning(window=window, kernel=kernel, win_length=win_length)
+                              compression: bool | None = None, win_length: bool | None = None) -> None:
+        self.frontend.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
 
     def parameter_groups(self, lr: float, weight_decay: float, frontend_lr: float | None = None) -> list[dict]:
         """Back end with weight decay; front end in its own group, no decay, optional own lr."""

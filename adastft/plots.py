@@ -1,10 +1,12 @@
-"""Pictures of what an AdaSTFT learned: window in time and frequency, kernel change.
+"""Pictures of what an AdaSTFT learned: window in time and frequency, kernel change, PCEN per band.
 
 Every function returns a matplotlib ``Figure`` (Agg backend, no display needed); save it with
 ``fig.savefig(path)``. Inputs are tensors or a layer, so exported learned tensors plot the same.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import matplotlib
 
@@ -65,12 +67,36 @@ def plot_kernel_change(learned: torch.Tensor, initial: torch.Tensor, title: str 
     return fig
 
 
+def plot_pcen(learned: Mapping[str, torch.Tensor], initial: Mapping[str, float] | None = None,
+              title: str = "PCEN") -> Figure:
+    """PCEN's parameters per band, one panel each: ``learned`` as ``PCEN.values()`` gives them
+    (``{"smoothing", "alpha", "delta", "root"}``, each ``(bands,)``), ``initial`` as dashed lines.
+
+    Example: ``plot_pcen(layer.pcen.values(), layer.pcen.initial).savefig("pcen.png")``.
+    """
+    fig, axes = plt.subplots(1, len(learned), figsize=(3.2 * len(learned), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], learned.items()):
+        ax.plot(values.detach().cpu().double().numpy(), color="C0", label="learned")
+        if initial is not None and name in initial:
+            ax.axhline(initial[name], color="0.5", linestyle="--", label="initial")
+        ax.set_title(name)
+        ax.set_xlabel("band")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_layer(layer, prefix: str = "") -> dict[str, Figure]:
-    """Both plots for an :class:`~adastft.AdaSTFT`: ``{"window": fig, "kernel": fig}``."""
-    return {
+    """The plots for an :class:`~adastft.AdaSTFT`: ``{"window": fig, "kernel": fig}``, and ``"pcen"``
+    with PCEN compression."""
+    figures = {
         "window": plot_window(layer.effective_window().detach(), layer.initial_window, title=f"{prefix}window"),
         "kernel": plot_kernel_change(layer.kernel, layer.initial_kernel, title=f"{prefix}kernel change"),
     }
+    if layer.pcen is not None:
+        figures["pcen"] = plot_pcen(layer.pcen.values(), layer.pcen.initial, title=f"{prefix}PCEN")
+    return figures
 
 
 def plot_confusion(matrix, classes, title: str = "confusion matrix") -> Figure:

@@ -69,7 +69,7 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
     net: nn.Module | None = None  # the model, under DDP when distributed
-    switches: tuple[bool, ...] | None = None  # (window, kernel, win_length) learning that ``net`` was built for
+    switches: tuple[bool, ...] | None = None  # (window, kernel, compression, win_length) learning ``net`` was built for
 
     @property
     def amp(self) -> bool:
@@ -248,13 +248,14 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
 def _set_learning(state: TrainState, epoch: int) -> None:
     stft = state.cfg.stft
     on = epoch >= stft.learn_after_epoch
-    switches = (stft.learn_window and on, stft.learn_kernel and on, stft.learn_win_length and on)
+    switches = (stft.learn_window and on, stft.learn_kernel and on, stft.learn_compression and on,
+                stft.learn_win_length and on)
     if switches == state.switches:
         return
     state.switches = switches
     # AdaSTFT or AdaSTFTBank; the window's length exists to learn only in a layer built with it
-    state.model.frontend.set_learning(window=switches[0], kernel=switches[1],
-                                      win_length=switches[2] if stft.learn_win_length else None)
+    state.model.frontend.set_learning(window=switches[0], kernel=switches[1], compression=switches[2],
+                                      win_length=switches[3] if stft.learn_win_length else None)
     # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it whenever
     # the front end's learning switches change.
     device = state.ctx.device

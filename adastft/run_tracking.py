@@ -91,8 +91,9 @@ def sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker: RunTra
 
 def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequence[str], plots_too: bool = True) -> None:
     """Log each front end's window and kernel as ``tensors/[frontendI_]{window,kernel}_<which>``
-    in ``formats`` (``npy``, ``pt``) and, with ``plots_too``, its window and kernel-change plots as
-    ``plots/[frontendI_]*.png``."""
+    in ``formats`` (``npy``, ``pt``), with PCEN its per-band values (in range) as
+    ``tensors/[frontendI_]pcen_{smoothing,alpha,delta,root}_<which>``, and, with ``plots_too``, its
+    window, kernel-change (and PCEN) plots as ``plots/[frontendI_]*.png``."""
     if not tracker.active:
         return
     fronts = model.frontends()
@@ -103,6 +104,9 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequen
         tracker.log_tensor(f"{prefix}kernel_{which}", front.kernel, formats=formats)
         if front.log_win_scale is not None:
             tracker.log_tensor(f"{prefix}win_length_{which}", front.current_win_length().detach(), formats=formats)
+        pcen = front.pcen.values() if front.pcen is not None else {}
+        for name, values in pcen.items():
+            tracker.log_tensor(f"{prefix}pcen_{name}_{which}", values, formats=formats)
         if plots_too:
             length = f", length {float(front.current_win_length().detach()):.1f}" if front.log_win_scale is not None else ""
             tracker.log_figure(plots.plot_window(window, front.initial_window,
@@ -111,6 +115,9 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequen
             tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
                                                         title=f"{prefix}kernel change ({which})"),
                                f"plots/{prefix}kernel_change.png")
+            if pcen:
+                tracker.log_figure(plots.plot_pcen(pcen, front.pcen.initial, title=f"{prefix}PCEN ({which})"),
+                                   f"plots/{prefix}pcen.png")
 
 
 def log_results(tracker: Tracker, cfg: Config, model: nn.Module, classes: Sequence[str], history: list[dict],

@@ -108,7 +108,7 @@ def test_two_arms_two_seeds_end_to_end(tmp_path):
 def test_bad_input_is_one_line_before_ray_starts(tmp_path):
     cases = [
         (["stft=fixed,nope"], "compare: error: arm 'stft=nope': stft=nope is not an option of stft (available: fixed, "
-                              "learn_both, learn_kernel, learn_window)"),
+                              "learn_both, learn_kernel, learn_window, pcen)"),
         (["--seeds", "0", "stft=fixed,learn_both"], "--seeds must be >= 1, got 0"),
         (["--baseline", "learn_kernel", "stft=fixed,learn_both"],
          "compare: error: --baseline 'learn_kernel' is not an arm: give one of 'stft=fixed', 'stft=learn_both'"),

@@ -109,6 +109,9 @@ BAD = [
      "optim.warmup_epochs=2 needs optim.schedule=cosine (the exponential schedule has no warm-up): set "
      "optim.schedule=cosine or optim.warmup_epochs=0"),
     ({"optim": {"warmup_epochs": -1}}, "optim.warmup_epochs must be >= 0, got -1.0"),
+    ({"stft": {"compression": "pcen", "pcen_alpha": 1.5}}, "stft.pcen_alpha must be in [0, 1], got 1.5"),
+    ({"stft": {"pcen_root": 0.5}}, "stft.pcen_root must be >= 1, got 0.5"),
+    ({"stft": {"learn_compression": "on"}}, "stft.learn_compression must be true or false, got 'on'"),
 ]
 
 
@@ -165,7 +168,7 @@ def test_the_stft_section_is_the_layers_signature():
         {name: STFT_DEFAULTS.get(name, params[name].default) for name in layer_keys}
     assert STFT_DEFAULTS == {"hop_length": 512, "compression": "log1p"}
     assert [f.name for f in dataclasses.fields(StftConfig)] == \
-        layer_keys + ["learn_window", "learn_kernel", "learn_after_epoch", "lr"]
+        layer_keys + ["learn_window", "learn_kernel", "learn_compression", "learn_after_epoch", "lr"]
     assert _compose(["stft=fixed"]).stft == StftConfig() == Config().stft
     layer = AdaSTFT(**StftConfig(n_fft=512, n_mels=64).layer_kwargs(16000))
     assert set(layer.config()) == {"sample_rate", *layer_keys}
@@ -188,7 +191,7 @@ def test_checks_of_heavy_objects_build_none_of_them(monkeypatch):
 
 OVERRIDES = [
     (["stft=learn_bot"], "stft=learn_bot is not an option of stft (did you mean 'learn_both'?; available: fixed, "
-                         "learn_both, learn_kernel, learn_window)"),
+                         "learn_both, learn_kernel, learn_window, pcen)"),
     (["experiment=nope"], "experiment=nope is not an option of experiment (available: original_3stft_learn_both,"),
     (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
     (["++train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
@@ -222,6 +225,28 @@ def test_mixup_is_built_from_data_mixup_alpha_and_a_search_can_sample_it():
     SearchSpec.from_dict({"space": space, "points_to_evaluate": [{"data.mixup_alpha": 0.2}]}, Config())
     with pytest.raises(ConfigError, match=r"search.space.data.mixup_alpha: data.mixup_alpha must be > 0, got 0.0"):
         SearchSpec.from_dict({"space": {"data.mixup_alpha": {"type": "uniform", "low": 0.0, "high": 1.0}}}, Config())
+
+
+def test_pcen_compression_composes_and_learns_from_learn_after_epoch():
+    """stft=pcen and the keys it sets, from Hydra and from a dict; the recipe switches PCEN's
+    parameters on with the window's and kernel's rule."""
+    from types import SimpleNamespace
+
+    from adastft.recipe import _set_learning
+
+    cfg = _compose(["stft=pcen", "stft.pcen_delta=0.5", "stft.learn_after_epoch=1"])
+    assert (cfg.stft.compression, cfg.stft.learn_compression, cfg.stft.pcen_delta) == ("pcen", True, 0.5)
+    assert not cfg.stft.learn_window and not cfg.stft.learn_kernel
+    assert Config.from_dict({"stft": {"compression": "pcen", "learn_compression": True, "pcen_delta": 0.5,
+                                      "learn_after_epoch": 1}}).stft == cfg.stft
+    model = build_model(cfg, num_classes=10)
+    torch.testing.assert_close(model.frontend.pcen.values()["delta"], torch.full((128,), 0.5))
+    state = SimpleNamespace(cfg=cfg, model=model, switches=None, net=None,
+                            ctx=SimpleNamespace(distributed=False, device=torch.device("cpu")))
+    for epoch, learns in ((0, False), (1, True)):
+        _set_learning(state, epoch)
+        assert model.frontend.learn_compression == learns and not model.frontend.learn_window
+        assert all(p.requires_grad == learns for p in model.frontend.pcen.parameters())
 
 
 def test_overrides_reach_the_config():
@@ -307,6 +332,9 @@ def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_sh
     assert advice(Config.from_dict({"data": {"augment": False, "mixup_alpha": 0.4}})) == [
         "data.augment=false switches every training augmentation off, data.mixup_alpha=0.4 too: "
         "set data.augment=true to mix"]
+    assert advice(Config.from_dict({"stft": {"learn_compression": True}})) == [
+        "stft.learn_compression=true does nothing with stft.compression=log1p: only pcen has parameters to learn"]
+    assert advice(_compose(["stft=pcen"])) == []
 
 
 def test_the_commands_print_advice_before_work(tmp_path):

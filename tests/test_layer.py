@@ -281,12 +281,17 @@ BAD = [
     (dict(sample_rate=16000, f_max=9000.0), "f_max must be <= sample_rate / 2 = 8000, got 9000.0"),
     (dict(n_fft=64, n_mels=128), "n_mels=128 leaves .* empty mel filters with n_fft=64 .*use fewer mels or a larger n_fft"),
     (dict(window="gauss"), "window must be one of hann, hamming, blackman, bartlett, kaiser, rectangular, got 'gauss'"),
-    (dict(compression="log"), "compression must be one of none, log1p, db, got 'log'"),
+    (dict(compression="log"), "compression must be one of none, log1p, db, pcen, got 'log'"),
     (dict(mel_scale="bark"), "mel_scale must be 'htk' or 'slaney', got 'bark'"),
     (dict(norm="l2"), "norm must be None or 'slaney', got 'l2'"),
     (dict(power=0), "power must be a positive number, got 0"),
     (dict(pad_mode="wrap"), "pad_mode must be one of reflect, constant, replicate, circular, got 'wrap'"),
     (dict(f_min=9000.0, f_max=8000.0), "f_min must be below f_max=8000, got 9000.0"),
+    (dict(pcen_smoothing=1.0), r"pcen_smoothing must be in \(0, 1\), got 1.0"),
+    (dict(pcen_alpha=-0.1), r"pcen_alpha must be in \[0, 1\], got -0.1"),
+    (dict(pcen_delta=0), "pcen_delta must be positive, got 0"),
+    (dict(pcen_root=0.5), "pcen_root must be >= 1, got 0.5"),
+    (dict(pcen_floor=float("nan")), "pcen_floor must be positive, got nan"),
 ]
 
 
@@ -347,3 +352,191 @@ def test_classifier_checks_its_arguments_without_building_the_backbone(monkeypat
 def test_bad_input_raises_value_error(x, message):
     with pytest.raises(ValueError, match=message):
         AdaSTFT(n_fft=400, n_mels=32)(x)
+
+
+# ---- PCEN compression -----------------------------------------------------------------------
+
+
+def _pcen_reference(x: torch.Tensor, s, alpha, delta, root, floor: float) -> torch.Tensor:
+    """PCEN written out from the paper, the EMA as a loop over frames (LEAF's first state: frame 0)."""
+    out = torch.empty_like(x)
+    for band in range(x.shape[-2]):
+        m = x[..., band, 0]
+        for t in range(x.shape[-1]):
+            m = (1 - s[band]) * m + s[band] * x[..., band, t]
+            e, d, r = x[..., band, t], delta[band], root[band]
+            out[..., band, t] = (e / (floor + m) ** alpha[band] + d) ** (1 / r) - d ** (1 / r)
+    return out
+
+
+def _pcen_values(bands: int, dtype=torch.float64, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    u = [torch.rand(bands, generator=g, dtype=dtype) for _ in range(4)]
+    return {"smoothing": 0.01 + 0.5 * u[0], "alpha": u[1], "delta": 0.1 + 3 * u[2], "root": 1 + 3 * u[3]}
+
+
+def _set_pcen(layer: AdaSTFT, values: dict[str, torch.Tensor]) -> AdaSTFT:
+    """Store in-range values into the layer's PCEN (through its parametrisation)."""
+    with torch.no_grad():
+        layer.pcen.smoothing_logit.copy_(torch.logit(values["smoothing"]))
+        layer.pcen.alpha.copy_(values["alpha"])
+        layer.pcen.log_delta.copy_(values["delta"].log())
+        layer.pcen.root.copy_(values["root"])
+    return layer
+
+
+def test_pcen_equals_the_loop_reference_in_float64():
+    from adastft.functional import pcen
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 6, 50, generator=g, dtype=torch.float64) ** 4 * 100  # energies over decades
+    x[0, :, :10] = 0.0  # silence first: the average starts at zero
+    values = _pcen_values(6)
+    expected = _pcen_reference(x, *values.values(), floor=1e-12)
+    torch.testing.assert_close(pcen(x, **values, floor=1e-12), expected, rtol=1e-12, atol=1e-12)
+    # the layer: PCEN of its own linear (n_mels=None) or mel spectrogram, with its values
+    for n_mels in (None, 5):
+        plain = AdaSTFT(sample_rate=8000, n_fft=16, hop_length=4, n_mels=n_mels).double()
+        layer = AdaSTFT(sample_rate=8000, n_fft=16, hop_length=4, n_mels=n_mels, compression="pcen").double()
+        _set_pcen(layer, _pcen_values(n_mels or 9))
+        signal = torch.randn(2, 200, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            expected = _pcen_reference(plain(signal), *layer.pcen.values().values(), floor=1e-12)
+            torch.testing.assert_close(layer(signal), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pcen_starts_at_leafs_values_and_keeps_its_parameters_in_range():
+    layer = AdaSTFT(n_fft=256, n_mels=32, compression="pcen")
+    values = layer.pcen.values()
+    assert set(values) == {"smoothing", "alpha", "delta", "root"} and all(v.shape == (32,) for v in values.values())
+    for name, init in (("smoothing", 0.04), ("alpha", 0.96), ("delta", 2.0), ("root", 2.0)):
+        torch.testing.assert_close(values[name], torch.full((32,), init))
+    with torch.no_grad():  # any stored value is a valid PCEN
+        for p in layer.pcen.parameters():
+            p.copy_(torch.linspace(-50, 50, 32))
+    values = layer.pcen.values()
+    assert (values["smoothing"] >= 0).all() and (values["smoothing"] <= 1).all()
+    assert (values["alpha"] >= 0).all() and (values["alpha"] <= 1).all()
+    assert (values["delta"] > 0).all() and (values["root"] >= 1).all()
+    assert AdaSTFT(n_fft=256, n_mels=None, compression="pcen").pcen.values()["alpha"].shape == (129,)
+    assert AdaSTFT(n_fft=256, n_mels=32).pcen is None
+    from adastft.pcen import PCEN
+
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 2"):  # the module checks them too
+        PCEN(4, alpha=2)
+    with pytest.raises(ValueError, match="n_bands must be a positive integer, got 0"):
+        PCEN(0)
+
+
+@pytest.mark.parametrize("learn", [dict(compression=True), dict(window=True, compression=True)])
+def test_pcen_gradcheck_float64(learn):
+    layer = AdaSTFT(sample_rate=8000, n_fft=16, hop_length=4, win_length=12, n_mels=5, compression="pcen").double()
+    _set_pcen(layer, _pcen_values(5, seed=2)).set_learning(**learn)
+    x = torch.randn(1, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+    assert {"pcen.smoothing_logit", "pcen.alpha", "pcen.log_delta", "pcen.root"} <= set(names)
+
+    def fn(*tensors):
+        return torch.func.functional_call(layer, dict(zip(names, tensors)), (x,))
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters() if p.requires_grad)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("signal", ["silence", "partly silent"])
+def test_pcen_gradients_are_finite_on_silence(signal):
+    layer = AdaSTFT(n_fft=64, hop_length=16, n_mels=8, compression="pcen").set_learning(True, True, True)
+    x = torch.zeros(2, 400)
+    if signal == "partly silent":
+        x[0, 100:200] = torch.randn(100)
+    out = layer(x)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("learn_compression", [False, True])
+def test_gradients_reach_pcen_only_when_it_learns(learn_compression):
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen", learn_window=True,
+                    learn_compression=learn_compression)
+    assert layer.learn_compression == learn_compression
+    layer(_signal(batch=2, length=2000)).sum().backward()
+    for p in layer.pcen.parameters():
+        assert (p.grad is not None) == learn_compression
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    layer.set_learning(compression=False)  # switched off mid-training: gradients cleared, as for the window
+    assert not layer.learn_compression and all(p.grad is None for p in layer.pcen.parameters())
+    assert layer.window.requires_grad
+
+
+def test_pcen_parameters_are_in_every_front_end_group_and_switch():
+    from adastft.model import AdaSTFTClassifier
+
+    layer = AdaSTFT(n_fft=256, n_mels=32, compression="pcen")
+    (group,) = layer.parameter_groups(lr=1e-4)
+    assert group["weight_decay"] == 0.0
+    assert {id(p) for p in group["params"]} == {id(p) for p in layer.parameters()}
+    bank = AdaSTFTBank(3, n_fft=256, hop_length=64, n_mels=32, compression="pcen")
+    bank.set_learning(compression=True)
+    assert all(layer.learn_compression and not layer.learn_window for layer in bank.layers)
+    assert len(bank.parameter_groups()[0]["params"]) == 3 * 6
+    model = AdaSTFTClassifier(bank, num_classes=2)
+    model.set_frontend_learning(compression=False)
+    assert not any(layer.learn_compression for layer in bank.layers)
+    rest, front = model.parameter_groups(lr=1e-3, weight_decay=0.1)
+    assert {id(p) for p in front["params"]} == {id(p) for p in bank.parameters()} and front["weight_decay"] == 0.0
+    assert not {id(p) for p in rest["params"]} & {id(p) for p in bank.parameters()}
+    # nothing to learn in the other compressions: the switch changes nothing there
+    assert not AdaSTFT(n_fft=256, n_mels=32, learn_compression=True).learn_compression
+
+
+def _learned_pcen_layer() -> AdaSTFT:
+    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen", pcen_alpha=0.9, learn_window=True,
+                    learn_kernel=True, learn_compression=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = _signal(batch=2, length=2000)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+    assert all(not torch.equal(v, torch.full_like(v, layer.pcen.initial[k])) for k, v in layer.pcen.values().items())
+    return layer
+
+
+def test_pcen_export_then_load_reproduces_output_exactly(tmp_path):
+    layer = _learned_pcen_layer()
+    path = tmp_path / "learned.pt"
+    torch.save(layer.export_learned(), path)
+    learned = torch.load(path, weights_only=True)
+    assert set(learned["pcen"]) == {"smoothing_logit", "alpha", "log_delta", "root"}
+    assert learned["config"]["compression"] == "pcen" and learned["config"]["pcen_alpha"] == 0.9
+    x = _signal(batch=2, length=2000)
+    with torch.no_grad():
+        expected = layer(x)
+        assert torch.equal(AdaSTFT.from_learned(learned)(x), expected)
+        into = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen").load_learned(learned)
+        assert torch.equal(into(x), expected)
+    assert "pcen" not in AdaSTFT(n_fft=256, n_mels=32).export_learned()
+    with pytest.raises(ValueError, match="learned has PCEN parameters, this layer's compression is 'log1p'"):
+        AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p").load_learned(learned)
+    with pytest.raises(ValueError, match="learned has no PCEN parameters, this layer's compression is 'pcen'"):
+        into.load_learned(AdaSTFT(n_fft=256, hop_length=64, n_mels=32).export_learned())
+    shapes = r"learned\['pcen'\]\['smoothing_logit'\] has shape \(32,\), this layer needs \(16,\)"
+    with pytest.raises(ValueError, match=shapes):
+        AdaSTFT(n_fft=256, hop_length=64, n_mels=16, compression="pcen").load_learned(learned)
+
+
+def test_pcen_state_dict_round_trip():
+    layer = _learned_pcen_layer()
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen")
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = _signal(batch=2, length=2000)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+    assert set(layer.state_dict()) == {"window", "kernel", "mel_fb", "pcen.smoothing_logit", "pcen.alpha",
+                                       "pcen.log_delta", "pcen.root"}

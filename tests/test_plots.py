@@ -9,7 +9,7 @@ import torch
 from adastft import AdaSTFT
 from adastft.demo import main as demo_main, run as demo_run
 from adastft.functional import make_window, window_metrics
-from adastft.plots import plot_confusion, plot_curves, plot_kernel_change, plot_layer, plot_window
+from adastft.plots import plot_confusion, plot_curves, plot_kernel_change, plot_layer, plot_pcen, plot_window
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,11 @@ def test_plot_helpers_draw(tmp_path):
                "curves": plot_curves([{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1),
                                        "val_clip_accuracy": 0.3 + 0.1 * e, "val_segment_accuracy": 0.25 + 0.1 * e}
                                       for e in range(3)])}
+    pcen = AdaSTFT(n_fft=128, hop_length=32, n_mels=16, compression="pcen")
+    with torch.no_grad():
+        pcen.pcen.alpha[3:] -= 0.2
+    assert set(plot_layer(pcen)) == {"window", "kernel", "pcen"}
+    figures["pcen"] = plot_pcen(pcen.pcen.values(), pcen.pcen.initial)
     for name, fig in figures.items():
         path = tmp_path / f"{name}.png"
         fig.savefig(path)

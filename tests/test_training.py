@@ -379,6 +379,23 @@ def test_mixup_trains_on_soft_targets_and_resumes_to_the_same_losses(tmp_path, m
     train(config("b"), resumed)
     losses = [m["train_loss"] for m in straight.metrics]
     assert all(np.isfinite(losses)) and resumed.metrics[-1]["train_loss"] == pytest.approx(losses[1], rel=1e-5)
+def test_a_pcen_run_learns_its_compression_and_logs_it(tmp_path):
+    cfg = small_config(tmp_path, train={"epochs": 1, "max_batches": 2},
+                       stft={"compression": "pcen", "learn_compression": True, "learn_window": False,
+                             "learn_kernel": False},
+                       tracking={"log_model": False, "tensor_formats": ["npy"], "system_metrics_interval": 0})
+    metrics = train(cfg)
+    assert metrics["window_change"] == 0.0 and metrics["kernel_change"] == 0.0
+    client = MlflowClient(cfg["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    artifacts = _artifact_paths(client, run.info.run_id)
+    for name in ("smoothing", "alpha", "delta", "root"):
+        assert {f"tensors/pcen_{name}_last.npy", f"tensors/pcen_{name}_best.npy"} <= artifacts, name
+    assert "plots/pcen.png" in artifacts
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tensors/pcen_alpha_last.npy",
+                                                tracking_uri=cfg["tracking"]["uri"])
+    alpha = np.load(local)
+    assert alpha.shape == (32,) and np.abs(alpha - 0.96).max() > 0  # it learned
 
 
 def test_pretrained_backbone_comes_from_a_local_file_only(tmp_path):
