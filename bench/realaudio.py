@@ -149,12 +149,45 @@ def export_figures(tracking_uri: str, study: str, dest: Path) -> list[Path]:
     return written
 
 
+def collect_table(tracking_uri: str, arms: list[str], epochs: int, baseline: str = "fixed") -> str:
+    """The table over every finished trial in the store of the given arms and epoch count, whichever
+    comparison ran it (seeds pair by ``train.seed``): screening runs count towards the confirmation."""
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    from tune.compare_stats import METRICS, comparison, format_table
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="attributes.status = 'FINISHED'", max_results=5000)
+    rows, seen = [], set()
+    for run in runs:
+        arm, seed = run.data.tags.get("arm"), run.data.tags.get("seed")
+        if arm not in arms or seed is None or run.data.params.get("train.epochs") != str(epochs):
+            continue
+        if (arm, seed) in seen:  # the same arm and seed run twice: keep the first found
+            continue
+        seen.add((arm, seed))
+        rows.append({"arm": arm, "seed": int(seed),
+                     **{m: run.data.metrics.get(m, math.nan) for m, _ in METRICS}})
+    present = [a for a in arms if any(r["arm"] == a for r in rows)]
+    if baseline not in present:
+        return f"no finished {epochs}-epoch trial of the baseline {baseline!r} in {tracking_uri}"
+    ordered = [baseline, *[a for a in present if a != baseline]]
+    seeds = sorted({r["seed"] for r in rows})
+    return format_table(comparison(rows, ordered, baseline), baseline, len(seeds), seeds[0])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dev_dir", type=Path, help="the folder make_dev_set.py rendered (with manifest.csv)")
     p.add_argument("--arms", nargs="+", default=["fixed", "learn_both"], choices=sorted(ARMS),
                    help="arms to compare, the first the baseline of the paired differences")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="train.seed of the first seed (to add seeds later)")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: print the table of every finished trial of --arms at --epochs in OUT's store")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/realaudio"))
@@ -170,6 +203,9 @@ def main() -> int:
     if not manifest.is_file():
         p.error(f"{manifest} is missing: render the set with python ../shared/realaudio/make_dev_set.py {args.dev_dir}")
     out = args.out.resolve()
+    if args.table_only:
+        print(collect_table(f"sqlite:///{out / 'mlflow.db'}", args.arms, args.epochs))
+        return 0
     split = piece_split(args.dev_dir, args.split_seed)
     paths = write_split(split, out)
     log = out / "log.txt"
@@ -192,7 +228,8 @@ def main() -> int:
         f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "tracking.system_metrics_interval=0",
         *args.extra,
     ]
-    cmd = [sys.executable, str(ROOT / "tune" / "compare.py"), "--seeds", str(args.seeds), "--name", name,
+    cmd = [sys.executable, str(ROOT / "tune" / "compare.py"), "--seeds", str(args.seeds),
+           "--first-seed", str(args.first_seed), "--name", name,
            "--storage", str(out / "studies"), "--max-concurrent", str(args.concurrent), "--max-failures", "0",
            *[f"--arm={arm}:{' '.join(ARMS[arm])}" for arm in args.arms], *common]
     print("$ " + " ".join(cmd), flush=True)
@@ -208,6 +245,10 @@ def main() -> int:
     with open(log, "a") as f:
         f.write(f"\n## {name} ({args.seeds} seeds, {args.epochs} epochs, {time.time() - started:.0f} s, "
                 f"rc {proc.returncode})\n{table[-6000:]}\n")
+    table = collect_table(f"sqlite:///{out / 'mlflow.db'}", list(ARMS), args.epochs)
+    print(f"\nevery finished {args.epochs}-epoch trial in the store:\n{table}", flush=True)
+    with open(log, "a") as f:
+        f.write(f"\n## every finished {args.epochs}-epoch trial\n{table}\n")
     if args.figures is not None and proc.returncode == 0:
         for path in export_figures(f"sqlite:///{out / 'mlflow.db'}", name, args.figures):
             print(f"figure: {path}")

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                "make the arms.",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm: train.seed 0..N-1 (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="start the seeds here: train.seed K..K+N-1, to add seeds to an earlier comparison's (default 0)")
     p.add_argument("--baseline", default=None,
                    help="the arm the others are compared with: its name (stft=fixed) or its swept value (fixed); "
                         "default: the first arm")
@@ -58,6 +60,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     check_run_flags(p, args, overrides)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be >= 0, got {args.first_seed}")
     return args, overrides
 
 

@@ -52,7 +52,7 @@ def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str,
         state, parent = open_state(study_dir, args.name, lambda state: parent_run(args.name, first, "compare", params,
                                                                                  state))
         study = study_settings(args, first, parent, state, study_dir, storage, plan)
-        seeds = list(range(args.seeds))
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         announce(f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials",
                  plan, f"baseline {baseline!r}", storage, args.name, parent)
 
@@ -94,7 +94,7 @@ def _summarise(args, arms: list[str], baseline: str, results, study: StudySettin
     # every trial's best model is in its MLflow run (checkpoint/best_model.pt): Tune's full-state copies go
     keep_best_trials(results, [], 0 if study.parent_run_id else None, study.storage_path)
     table = comparison([r for r in rows if not r["error"]], arms, baseline)
-    text = format_table(table, baseline, args.seeds)
+    text = format_table(table, baseline, args.seeds, args.first_seed)
     out = study_dir.path / "summary"
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.txt").write_text(text + "\n")

@@ -87,10 +87,10 @@ def _num(x: float, signed: bool = False) -> str:
     return "n/a" if x != x else (f"{x:+.3f}" if signed else f"{x:.3f}")
 
 
-def format_table(table: list[dict], baseline: str, seeds: int) -> str:
+def format_table(table: list[dict], baseline: str, seeds: int, first_seed: int = 0) -> str:
     """The table printed at the end and logged with the parent run."""
     width = max(len("arm"), *(len(r["arm"]) for r in table)) + 2
-    lines = [f"{len(table)} arms x {seeds} seeds (train.seed 0..{seeds - 1}); mean ± std over seeds",
+    lines = [f"{len(table)} arms x {seeds} seeds (train.seed {first_seed}..{first_seed + seeds - 1}); mean ± std over seeds",
              f"{'arm':<{width}}{'seeds':>5}  " + "".join(f"{title:>17}" for _, title in METRICS)]
     for r in table:
         cells = "".join(f"{_num(r[f'{m}_mean']) + ' ± ' + _num(r[f'{m}_std']):>17}" for m, _ in METRICS)
