@@ -121,7 +121,7 @@ class StftConfig(StftArguments):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"  # any torchvision ResNet: resnet18/34/50/101/152, resnext*, wide_resnet*
+    backbone: str = "resnet18"  # any torchvision ResNet: resnet18/34/50/101/152, resnext*, wide_resnet*; cnn4 (small)
     n_frontends: int = 1  # 1: one front end copied to the 3 channels; 3: three independent ones
     activation: str | None = None  # None | leaky_relu (the original's proposal)
     norm: str = "batch"  # batch | instance | none, applied to the spectrogram channels

@@ -23,7 +23,7 @@ NOMINAL_CLASSES = 10
 def model_bytes(cfg: Config, num_classes: int) -> int:
     """Bytes of the model's parameters, their gradients and the optimiser's state, and of each
     front end's fixed copies of its initial window and kernel."""
-    import torchvision
+    from adastft.model import build_backbone
 
     stft = cfg.stft
     n_freq = stft.n_fft // 2 + 1
@@ -33,7 +33,7 @@ def model_bytes(cfg: Config, num_classes: int) -> int:
     per_frontend = 2 * (kernel + win)  # the parameters and their initial copies
     per_frontend += (kernel if stft.learn_kernel else 0) * (1 + states) + (win if stft.learn_window else 0) * (1 + states)
     with torch.device("meta"):  # the backbone's size without allocating it
-        backbone = torchvision.models.get_model(cfg.model.backbone, num_classes=num_classes)
+        backbone = build_backbone(cfg.model.backbone, num_classes=num_classes)
     backbone_params = sum(p.numel() for p in backbone.parameters())
     return FLOAT32 * (cfg.model.n_frontends * per_frontend + backbone_params * (2 + states))
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+    "cnn4",
 )
 
 ACTIVATIONS = (None, "leaky_relu")  # after the front end; the original's proposal is leaky_relu
@@ -63,7 +64,7 @@ class AdaSTFTClassifier(nn.Module):
         }
         self.norm = norms[norm]()
         self.spec_augment = spec_augment if spec_augment is not None else nn.Identity()
-        net = getattr(torchvision.models, backbone)(weights=None)
+        net = build_backbone(backbone)
         if pretrained_path is not None:
             _load_backbone(net, Path(pretrained_path))
         net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, num_classes))
@@ -108,6 +109,33 @@ class AdaSTFTClassifier(nn.Module):
         front_ids = {id(p) for g in frontend for p in g["params"]}
         rest = [p for p in self.parameters() if id(p) not in front_ids]
         return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *frontend]
+
+
+class CNN4(nn.Module):
+    """A small back end: four conv-BN-ReLU-pool blocks (32, 64, 128, 256 channels), global average
+    pooling and ``fc``, about 0.4 M parameters to resnet18's 11 M; ``(B, 3, F, T) -> (B, 1000)``
+    until the classifier replaces ``fc``. For measuring what a learned front end gives when the
+    back end is small (a trainable STFT's gain shrinks as the back end grows: arXiv 2204.11437)."""
+
+    def __init__(self, num_classes: int = 1000, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers, previous = [], 3
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def build_backbone(name: str, num_classes: int = 1000) -> nn.Module:
+    """The named back end, untrained: a torchvision ResNet or :class:`CNN4`; each has ``fc``."""
+    if name == "cnn4":
+        return CNN4(num_classes)
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
 
 
 def check_backbone_file(path: str | Path) -> None:

@@ -540,3 +540,18 @@ def test_pcen_state_dict_round_trip():
         assert torch.equal(fresh(x), layer(x))
     assert set(layer.state_dict()) == {"window", "kernel", "mel_fb", "pcen.smoothing_logit", "pcen.alpha",
                                        "pcen.log_delta", "pcen.root"}
+
+
+def test_small_cnn_back_end_is_a_choice_of_the_classifier_and_the_memory_check():
+    from adastft.builders import build_model
+    from adastft.config import Config
+    from adastft.memory import model_bytes
+    from adastft.model import CNN4
+
+    cfg = Config.from_dict({"model": {"backbone": "cnn4"}})
+    model = build_model(cfg, num_classes=5)
+    assert isinstance(model.backbone, CNN4)
+    assert model(_signal(batch=2, length=22050)).shape == (2, 5)
+    params = sum(p.numel() for p in model.backbone.parameters())
+    assert params < 500_000  # resnet18: 11 M
+    assert model_bytes(cfg, 5) < model_bytes(Config(), 5)

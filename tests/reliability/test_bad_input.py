@@ -133,8 +133,8 @@ def rows(inputs: Path) -> list[Row]:
         Row("unknown key", "cli", "train", ["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
         Row("value of the wrong type", "cli", "train", ["optim.lr=abc"], "optim.lr must be a finite number"),
         Row("no such config option", "config", "train", ["model=resnet999"],
-            "model=resnet999 is not an option of model (did you mean 'resnet50'?; available: resnet18, resnet34, "
-            "resnet50)"),
+            "model=resnet999 is not an option of model (did you mean 'resnet50'?; available: cnn4, resnet18, "
+            "resnet34, resnet50)"),
         Row("override that does not parse", "cli", "train", ["optim.lr=[1,2"], "optim.lr=[1,2"),
         Row("experiment file with a typo", "config", "train", ["-cd", str(i / "extra"), "experiment=typo"],
             "unknown key 'train.epoch'"),
