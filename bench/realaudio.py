@@ -38,14 +38,20 @@ ARMS: dict[str, list[str]] = {
     "learn_window": ["stft=learn_window"],
     "learn_kernel": ["stft=learn_kernel"],
     "learn_both": ["stft=learn_both"],
+    # the front end at a fortieth of the back end's rate (stft.lr; optim.lr is 4.2e-3)
+    "learn_window_slow": ["stft=learn_window", "stft.lr=1e-4"],
+    "learn_kernel_slow": ["stft=learn_kernel", "stft.lr=1e-4"],
     "learn_both_slow": ["stft=learn_both", "stft.lr=1e-4"],
-    "win_length": ["stft=learn_both", "stft.lr=1e-4", "stft.learn_win_length=true"],
+    "win_length": ["stft=fixed", "stft.learn_win_length=true"],
+    "learn_all_slow": ["stft=learn_both", "stft.lr=1e-4", "stft.learn_win_length=true"],
     "pcen": ["stft=pcen"],
-    "pcen_learn_both": ["stft=pcen", "stft.learn_window=true", "stft.learn_kernel=true", "stft.lr=1e-4"],
+    "pcen_learn_both_slow": ["stft=pcen", "stft.learn_window=true", "stft.learn_kernel=true", "stft.lr=1e-4"],
     "mixup": ["stft=fixed", "data.mixup_alpha=0.2"],
     "no_specaugment": ["stft=fixed", "data.time_masks=0", "data.freq_masks=0"],
     "fixed_lr1e-3": ["stft=fixed", "optim.lr=1e-3"],
     "learn_both_slow_lr1e-3": ["stft=learn_both", "stft.lr=1e-4", "optim.lr=1e-3"],
+    "cnn4_fixed": ["stft=fixed", "model=cnn4"],
+    "cnn4_learn_both_slow": ["stft=learn_both", "stft.lr=1e-4", "model=cnn4"],
 }
 
 
