@@ -402,3 +402,22 @@ def test_batching_is_checked_once_by_the_loaders_check_and_named_by_its_key(bad,
     argument = next(iter(bad)).replace("eval_", "")
     with pytest.raises(ValueError, match=f"^{re.escape(message.removeprefix('data.').replace('eval_', ''))}$"):
         check_batching(**{"batch_size": 1, argument: bad[next(iter(bad))]})
+
+
+def test_a_space_checks_the_stft_shape_keys_together_and_the_default_space_fits_a_small_base():
+    import yaml
+
+    from tune.space import SearchSpec
+
+    default = yaml.safe_load((CONFIG_DIR / "search" / "default.yaml").read_text())
+    assert "optim.gamma" not in default["space"] and {"stft.n_fft", "stft.n_mels", "stft.learn_win_length",
+                                                        "stft.compression", "data.mixup_alpha"} <= set(default["space"])
+    small = Config.from_dict({"data": {"sample_rate": 8000, "clip_seconds": 2.0, "parts": 2},
+                              "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32}})
+    SearchSpec.from_dict(default, small)  # n_mels=96 alone would not fit n_fft=256, but n_fft is sampled too
+    SearchSpec.from_dict(default, Config())
+    space = {"stft.n_fft": {"type": "categorical", "choices": [512, 1024]},
+             "stft.n_mels": {"type": "categorical", "choices": [64, 96]}}
+    with pytest.raises(ConfigError, match=r"search.space.\{stft.n_fft=512, stft.n_mels=96\}: stft.n_mels=96 leaves 1 "
+                                          r"empty mel filters with stft.n_fft=512"):
+        SearchSpec.from_dict({"space": space}, Config())

@@ -7,6 +7,7 @@ before Ray starts.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -14,6 +15,10 @@ from typing import Any, Mapping
 from adastft.config import Config, ConfigError
 
 DISTRIBUTIONS = ("categorical", "uniform", "loguniform", "int")
+# Keys whose valid values depend on each other (a mel filter is empty or not for a given n_fft and
+# sample rate; a crop must hold a frame): a space is checked over every combination of their corners.
+SHAPE_KEYS = ("stft.n_fft", "stft.win_length", "stft.hop_length", "stft.n_mels", "stft.f_min", "stft.f_max",
+              "data.sample_rate", "data.clip_seconds", "data.parts")
 SCHEDULERS = ("asha", "median", "none")
 
 
@@ -54,9 +59,16 @@ class SearchSpec:
                     raise ConfigError(f"search.space.{key} needs numbers low < high, got low={low!r} high={high!r}")
                 if kind == "loguniform" and low <= 0:
                     raise ConfigError(f"search.space.{key}.low must be > 0 for loguniform, got {low!r}")
-            # every value the space can produce must make a valid training config
-            for value in _corners(dist):
-                _check_point(base, {key: value}, f"search.space.{key}")
+            # every value the space can produce must make a valid training config (the keys that
+            # shape the STFT together are checked together, below)
+            if key not in SHAPE_KEYS:
+                for value in _corners(dist):
+                    _check_point(base, {key: value}, f"search.space.{key}")
+        shape = [key for key in self.space if key in SHAPE_KEYS]
+        for values in itertools.product(*(_corners(self.space[key]) for key in shape)):
+            point = dict(zip(shape, values))
+            _check_point(base, point, "search.space." + (shape[0] if len(shape) == 1 else
+                                                         "{" + ", ".join(f"{k}={v!r}" for k, v in point.items()) + "}"))
         for i, point in enumerate(self.points_to_evaluate):
             unknown = set(point) - set(self.space)
             if unknown:
