@@ -32,7 +32,7 @@ def build_model(cfg: Config, num_classes: int) -> AdaSTFTClassifier:
 
 def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimizer:
     """AdamW or SGD at ``optim.lr``: the back end with ``optim.weight_decay``, the front end in its
-    own group without decay (at ``stft.lr`` when set), frozen parameters included so that learning
+    own group without decay (window and kernel at ``stft.lr`` when set, PCEN and the window's length at ``optim.lr``), frozen parameters included so that learning
     can be switched on later without a new optimiser."""
     groups = model.parameter_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.stft.lr)
     if cfg.optim.name == "adamw":

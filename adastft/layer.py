@@ -186,16 +186,16 @@ class AdaSTFT(nn.Module):
                 param.grad = None
         return self
 
-    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
-        """One optimiser group holding the window, kernel and PCEN's parameters, weight decay 0 by default.
+    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0,
+                         scalar_lr: float | None = None) -> list[dict]:
+        """Optimiser groups of the front end, weight decay 0 by default: the window and kernel at
+        ``lr``; PCEN's per-band parameters and the window's length scale (a few numbers each,
+        like a normalisation's) at ``scalar_lr`` when given, else in the same group.
 
         Frozen parameters are included so that learning can be switched on later without
         rebuilding the optimiser. Example: ``AdamW(layer.parameter_groups(lr=1e-4) + rest)``.
         """
-        group: dict[str, Any] = {"params": self.learnable(), "weight_decay": weight_decay}
-        if lr is not None:
-            group["lr"] = lr
-        return [group]
+        return _groups([self], lr, weight_decay, scalar_lr)
 
     def learnable(self) -> list[nn.Parameter]:
         """The front end's parameters: window, kernel, PCEN's (with ``compression="pcen"``) and the
@@ -384,12 +384,10 @@ class AdaSTFTBank(nn.Module):
             layer.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
         return self
 
-    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
-        params = [p for layer in self.layers for p in layer.learnable()]
-        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay}
-        if lr is not None:
-            group["lr"] = lr
-        return [group]
+    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0,
+                         scalar_lr: float | None = None) -> list[dict]:
+        """As :meth:`AdaSTFT.parameter_groups`, over every front end."""
+        return _groups(list(self.layers), lr, weight_decay, scalar_lr)
 
     def window_change(self) -> float:
         """Mean relative window change over the front ends."""
@@ -407,6 +405,19 @@ class AdaSTFTBank(nn.Module):
                 )
             return torch.stack([layer(x[:, i]) for i, layer in enumerate(self.layers)], dim=1)
         return torch.stack([layer(x) for layer in self.layers], dim=1)  # (B, n, M, T)
+
+
+def _groups(layers: list[AdaSTFT], lr: float | None, weight_decay: float, scalar_lr: float | None) -> list[dict]:
+    tensors = [p for layer in layers for p in (layer.window, layer.kernel)]
+    scalars = [p for layer in layers for p in layer.learnable() if p is not layer.window and p is not layer.kernel]
+    groups: list[dict[str, Any]] = [{"params": tensors, "weight_decay": weight_decay}]
+    if scalars and scalar_lr is not None:
+        groups.append({"params": scalars, "weight_decay": weight_decay, "lr": scalar_lr})
+    else:
+        groups[0]["params"] = tensors + scalars
+    if lr is not None:
+        groups[0]["lr"] = lr
+    return groups
 
 
 # The constructor's arguments, in order: the one list of them. The config's stft section

@@ -104,8 +104,10 @@ class AdaSTFTClassifier(nn.Module):
         self.frontend.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
 
     def parameter_groups(self, lr: float, weight_decay: float, frontend_lr: float | None = None) -> list[dict]:
-        """Back end with weight decay; front end in its own group, no decay, optional own lr."""
-        frontend = self.frontend.parameter_groups(lr=frontend_lr if frontend_lr is not None else lr)
+        """Back end with weight decay at ``lr``; the front end without decay, its window and kernel at
+        ``frontend_lr`` (when given), its few per-band or scalar parameters (PCEN's, the window's
+        length) at ``lr``, as normalisation parameters of the back end learn."""
+        frontend = self.frontend.parameter_groups(lr=frontend_lr if frontend_lr is not None else lr, scalar_lr=lr)
         front_ids = {id(p) for g in frontend for p in g["params"]}
         rest = [p for p in self.parameters() if id(p) not in front_ids]
         return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *frontend]

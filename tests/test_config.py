@@ -346,12 +346,12 @@ def test_the_commands_print_advice_before_work(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.run([sys.executable, str(CONFIG_DIR.parents[1] / "tune/search.py"), "--address", f"127.0.0.1:{port}",
-                           "experiment=quickstart", "optim.lr=3", "stft.hop_length=4096"],
+                           "experiment=quickstart", "optim.lr=3", "stft.learn_after_epoch=30"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("search: warning:")]
-    assert warnings == ["search: warning: stft.hop_length=4096 is longer than the window (1024 samples): 3072 samples "
-                        "between frames are never seen"], proc.stderr  # optim.lr: the quickstart space samples it
+    assert warnings == ["search: warning: stft.learn_after_epoch=30 is not before the last epoch (train.epochs=5): "
+                        "the front end never learns"], proc.stderr  # optim.lr: the default space samples it
 
 
 def test_model_memory_estimate_matches_what_training_allocates():

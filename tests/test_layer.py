@@ -485,8 +485,11 @@ def test_pcen_parameters_are_in_every_front_end_group_and_switch():
     model = AdaSTFTClassifier(bank, num_classes=2)
     model.set_frontend_learning(compression=False)
     assert not any(layer.learn_compression for layer in bank.layers)
-    rest, front = model.parameter_groups(lr=1e-3, weight_decay=0.1)
-    assert {id(p) for p in front["params"]} == {id(p) for p in bank.parameters()} and front["weight_decay"] == 0.0
+    rest, front, scalars = model.parameter_groups(lr=1e-3, weight_decay=0.1, frontend_lr=1e-4)
+    assert {id(p) for p in front["params"]} | {id(p) for p in scalars["params"]} == {id(p) for p in bank.parameters()}
+    assert {id(p) for p in scalars["params"]} == {id(p) for layer in bank.layers for p in layer.pcen.parameters()}
+    # the window and kernel at the front end's rate; PCEN's per-band parameters at the back end's
+    assert (front["lr"], scalars["lr"], front["weight_decay"], scalars["weight_decay"]) == (1e-4, 1e-3, 0.0, 0.0)
     assert not {id(p) for p in rest["params"]} & {id(p) for p in bank.parameters()}
     # nothing to learn in the other compressions: the switch changes nothing there
     assert not AdaSTFT(n_fft=256, n_mels=32, learn_compression=True).learn_compression

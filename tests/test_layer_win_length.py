@@ -150,4 +150,7 @@ def test_config_key_builds_a_layer_with_a_learnable_length():
     model = build_model(cfg, num_classes=3)
     front = model.frontends()[0]
     assert front.log_win_scale is not None and float(front.current_win_length()) == pytest.approx(800, abs=1e-3)
-    assert any(front.log_win_scale is p for g in model.parameter_groups(1e-3, 0.01) for p in g["params"])
+    groups = model.parameter_groups(1e-3, 0.01, frontend_lr=1e-4)
+    (scalars,) = [g for g in groups if any(front.log_win_scale is p for p in g["params"])]
+    assert scalars["lr"] == 1e-3 and len(scalars["params"]) == 1  # the length learns at the back end's rate
+    assert cfg.stft.lr == 1e-4 and groups[1]["lr"] == 1e-4 and groups[1]["params"] == [front.window, front.kernel]

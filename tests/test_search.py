@@ -123,7 +123,7 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
                     "checkpoint/best_model.pt"} <= files
             assert not {f for f in files if f.endswith(".pt") and f.startswith("tensors/")}  # one format unless asked
         else:
-            assert run.info.status == "FAILED"
+            assert run.info.status == "FAILED", (run.info.run_name, run.data.tags, run.data.params.get("optim.lr"))
     assert sum(r.info.status == "FAILED" for r in children) == 1
 
     # trials stopped by ASHA, failed or finished leave no working copy behind (Tune holds them)
