@@ -53,6 +53,7 @@ ARMS: dict[str, list[str]] = {
     "learn_both_slow_lr1e-3": ["stft=learn_both", "stft.lr=1e-4", "optim.lr=1e-3"],
     "cnn4_fixed": ["stft=fixed", "model=cnn4"],
     "cnn4_learn_both_slow": ["stft=learn_both", "stft.lr=1e-4", "model=cnn4"],
+    "cnn4_pcen": ["stft=pcen", "model=cnn4"],
 }
 
 
@@ -194,7 +195,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="train.seed of the first seed (to add seeds later)")
     p.add_argument("--table-only", action="store_true",
-                   help="run nothing: print the table of every finished trial of --arms at --epochs in OUT's store")
+                   help="run nothing: print the table of every finished trial of --arms at --epochs in OUT's store "
+                        "(the first arm the baseline of the paired differences)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/realaudio"))
@@ -211,7 +213,7 @@ def main() -> int:
         p.error(f"{manifest} is missing: render the set with python ../shared/realaudio/make_dev_set.py {args.dev_dir}")
     out = args.out.resolve()
     if args.table_only:
-        print(collect_table(f"sqlite:///{out / 'mlflow.db'}", args.arms, args.epochs))
+        print(collect_table(f"sqlite:///{out / 'mlflow.db'}", args.arms, args.epochs, baseline=args.arms[0]))
         return 0
     split = piece_split(args.dev_dir, args.split_seed)
     paths = write_split(split, out)

@@ -55,8 +55,10 @@ mlflow)
   # Host headers it answers (MLflow's guard against DNS rebinding): its private address, which the
   # nodes use (not every private network is 10/8, 172.16/12 or 192.168/16, MLflow's default), and
   # loopback, which the SSH tunnel uses.
+  # MLflow's job runner (huey consumers for its GenAI scorers, on by default in MLflow 3) is
+  # not used by adastft: off, so the head runs no idle consumers.
   setsid -f bash -c 'echo $$ > ~/mlflow/server.pid; exec "$@"' mlflow-server \
-    mlflow server --host "$ip" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
+    env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host "$ip" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
       --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
       --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" --serve-artifacts \
       --allowed-hosts "$ip:$MLFLOW_PORT,localhost:*,127.0.0.1:*" \
@@ -77,8 +79,11 @@ mlflow)
 mlflow-stop)
   if [ -f ~/mlflow/server.pid ]; then
     pid=$(cat ~/mlflow/server.pid)
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    # The server leads a session of its own (setsid above): stop the whole process group (its
+    # uvicorn workers and any consumer it spawned), and wait until none is left.
+    if kill -TERM -- "-$pid" 2>/dev/null; then
+      for _ in $(seq 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
     fi
     rm -f ~/mlflow/server.pid "$STATE/mlflow.env"
   fi
