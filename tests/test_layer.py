@@ -9,6 +9,7 @@ import torch
 import torchaudio
 
 from adastft import AdaSTFT, AdaSTFTBank
+from adastft import functional as AFN
 
 
 def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -556,3 +557,23 @@ def test_small_cnn_back_end_is_a_choice_of_the_classifier_and_the_memory_check()
     params = sum(p.numel() for p in model.backbone.parameters())
     assert params < 500_000  # resnet18: 11 M
     assert model_bytes(cfg, 5) < model_bytes(Config(), 5)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_kernel_path_gradients_equal_the_convolutions(monkeypatch, chunk):
+    # The strided filters' own backward (a product of gradient and frames, a few clips at a time)
+    # gives the gradients autograd of the plain convolution gives, for the signal and the basis.
+    if chunk is not None:  # one clip's frames per chunk: the accumulation over chunks is exercised
+        monkeypatch.setattr(AFN, "FRAME_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(3)
+    signal = torch.randn(3, 301, dtype=torch.float64, generator=gen, requires_grad=True)
+    basis = torch.randn(10, 24, dtype=torch.float64, generator=gen, requires_grad=True)
+    grad = torch.randn(3, 10, 1 + (301 - 24) // 7, dtype=torch.float64, generator=gen)
+    AFN._StridedFilters.apply(signal, basis, 7).backward(grad)
+    ours = signal.grad.clone(), basis.grad.clone()
+    signal.grad = basis.grad = None
+    torch.nn.functional.conv1d(signal[:, None], basis[:, None], stride=7).backward(grad)
+    torch.testing.assert_close(ours[0], signal.grad)
+    torch.testing.assert_close(ours[1], basis.grad)
+    assert torch.autograd.gradcheck(lambda s, b: AFN._StridedFilters.apply(s, b, 7),
+                                    (signal.detach()[:, :60].requires_grad_(), basis.detach().requires_grad_()))
