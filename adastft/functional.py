@@ -214,44 +214,60 @@ FRAME_CHUNK_ELEMENTS = 1 << 24
 
 
 class _StridedFilters(torch.autograd.Function):
-    """``conv1d(signal[:, None], basis, stride=hop)``: ``(B, L), (C, W) -> (B, C, T)``, with the
-    basis's gradient as one matrix product of output gradient and frames.
+    """``conv1d(signal[:, None], (taps * window)[:, None], stride=hop)``:
+    ``(B, L), (C, W), (W,) -> (B, C, T)``, with the gradients as matrix products of output
+    gradient and frames.
 
     Forward is the strided convolution, which never materialises the frames. Its weight gradient
     in PyTorch's CPU kernels grows far faster than the product it is (8 one-second clips, hop 512,
     2F = 8194 filters of 8192 taps: 60 s against 0.36 s for ``grad^T @ frames``; at 1024 taps
     6x slower), so backward computes ``sum_b grad[b] @ frames[b]`` itself, copying the frames of
-    a few clips at a time (at most ``FRAME_CHUNK_ELEMENTS``) into one ``(rows, W)`` matrix. The
-    signal's gradient, needed only when the signal itself requires one, stays the convolution's.
-    ``bench/bench_stft.py --n-fft 1024,4096,8192`` measures both against nnAudio and a bare product.
+    a few clips at a time (at most ``FRAME_CHUNK_ELEMENTS``) into one ``(rows, W)`` matrix.
+    When the window learns, that product ``G`` gives both gradients (``G * window`` and
+    ``sum_c G * taps``). When only the taps learn, the window is folded into the frame copy
+    instead (``grad^T @ (frames * window)``), which spares two passes over the ``(C, W)`` basis:
+    at n_fft 8192 these are larger than the frames. The signal's gradient, needed only when the
+    signal itself requires one, stays the convolution's. ``bench/bench_stft.py --n-fft
+    1024,4096,8192`` measures this against nnAudio and a bare product.
     """
 
     @staticmethod
-    def forward(ctx, signal: torch.Tensor, basis: torch.Tensor, hop: int) -> torch.Tensor:
-        ctx.save_for_backward(signal, basis)
+    def forward(ctx, signal: torch.Tensor, taps: torch.Tensor, window: torch.Tensor, hop: int) -> torch.Tensor:
+        ctx.save_for_backward(signal, taps, window)
         ctx.hop = hop
-        return F.conv1d(signal[:, None], basis[:, None], stride=hop)
+        return F.conv1d(signal[:, None], (taps * window)[:, None], stride=hop)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        signal, basis = ctx.saved_tensors
+        signal, taps, window = ctx.saved_tensors
         hop = ctx.hop
-        grad_signal = grad_basis = None
+        grad_signal = grad_taps = grad_window = None
         if ctx.needs_input_grad[0]:
+            basis = (taps * window)[:, None].to(grad.dtype)
             grad_signal = torch.nn.grad.conv1d_input(
-                (signal.shape[0], 1, signal.shape[1]), basis[:, None].to(grad.dtype), grad, stride=hop
+                (signal.shape[0], 1, signal.shape[1]), basis, grad, stride=hop
             )[:, 0].to(signal.dtype)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            fold = not ctx.needs_input_grad[2]  # only the taps learn: window the frames instead
             n_batch, n_filters, n_frames = grad.shape
-            width = basis.shape[-1]
+            width = taps.shape[-1]
             frames = signal.unfold(-1, width, hop)  # (B, T, W), a view
             step = max(1, FRAME_CHUNK_ELEMENTS // max(1, n_frames * width))
-            grad_basis = torch.zeros_like(basis)
+            product = torch.zeros_like(taps)  # (C, W)
             for start in range(0, n_batch, step):
                 rows = frames[start : start + step].reshape(-1, width)  # (b*T, W), one copy
-                g = grad[start : start + step].to(basis.dtype).transpose(1, 2).reshape(-1, n_filters)
-                grad_basis.addmm_(g.t(), rows)  # (C, b*T) @ (b*T, W)
-        return grad_signal, grad_basis, None
+                if fold:
+                    shares = rows.untyped_storage().data_ptr() == signal.untyped_storage().data_ptr()
+                    rows = rows * window if shares else rows.mul_(window)  # never write into the signal
+                g = grad[start : start + step].to(taps.dtype).transpose(1, 2).reshape(-1, n_filters)
+                product.addmm_(g.t(), rows)  # (C, b*T) @ (b*T, W)
+            if fold:
+                grad_taps = product
+            else:
+                if ctx.needs_input_grad[1]:
+                    grad_taps = product * window
+                grad_window = (product * taps).sum(0)
+        return grad_signal, grad_taps, grad_window, None
 
 
 def power_spectrogram_kernel(
@@ -275,11 +291,12 @@ def power_spectrogram_kernel(
     win_length = window.shape[-1]
     left = (n_fft - win_length) // 2
     n_freq = kernel.shape[1]
-    basis = (kernel[..., left : left + win_length] * window).reshape(2 * n_freq, win_length)
+    # A full-width slice would still cost a zero-filled copy of the kernel in backward.
+    taps = kernel if win_length == n_fft else kernel[..., left : left + win_length]
     padded = pad_signal(x, n_fft, center, pad_mode)  # (B, L')
     n_frames = 1 + (padded.shape[-1] - n_fft) // hop_length
     signal = padded[:, left : left + (n_frames - 1) * hop_length + win_length]  # exactly T frames
-    out = _StridedFilters.apply(signal, basis, hop_length)  # (B, 2F, T)
+    out = _StridedFilters.apply(signal, taps.reshape(2 * n_freq, win_length), window, hop_length)  # (B, 2F, T)
     if power == 1.0:
         return _MagnitudeOfHalves.apply(out)  # (B, F, T)
     return magnitude(out.square().unflatten(1, (2, n_freq)).sum(1), power)  # (B, F, T)

@@ -560,20 +560,32 @@ def test_small_cnn_back_end_is_a_choice_of_the_classifier_and_the_memory_check()
 
 
 @pytest.mark.parametrize("chunk", [None, 1])
-def test_kernel_path_gradients_equal_the_convolutions(monkeypatch, chunk):
-    # The strided filters' own backward (a product of gradient and frames, a few clips at a time)
-    # gives the gradients autograd of the plain convolution gives, for the signal and the basis.
+@pytest.mark.parametrize("learn", ["taps", "window", "both"])
+@pytest.mark.parametrize("hop", [7, 24])  # 24 = the width: frames that do not overlap, copies that may be views
+def test_kernel_path_gradients_equal_the_convolutions(monkeypatch, chunk, learn, hop):
+    # The strided filters' own backward (a product of gradient and frames, a few clips at a time,
+    # with the window folded into the frames when only the taps learn) gives the gradients
+    # autograd of the plain convolution gives, for the signal, the taps and the window, and
+    # leaves the signal as it was.
     if chunk is not None:  # one clip's frames per chunk: the accumulation over chunks is exercised
         monkeypatch.setattr(AFN, "FRAME_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(3)
-    signal = torch.randn(3, 301, dtype=torch.float64, generator=gen, requires_grad=True)
-    basis = torch.randn(10, 24, dtype=torch.float64, generator=gen, requires_grad=True)
-    grad = torch.randn(3, 10, 1 + (301 - 24) // 7, dtype=torch.float64, generator=gen)
-    AFN._StridedFilters.apply(signal, basis, 7).backward(grad)
-    ours = signal.grad.clone(), basis.grad.clone()
-    signal.grad = basis.grad = None
-    torch.nn.functional.conv1d(signal[:, None], basis[:, None], stride=7).backward(grad)
-    torch.testing.assert_close(ours[0], signal.grad)
-    torch.testing.assert_close(ours[1], basis.grad)
-    assert torch.autograd.gradcheck(lambda s, b: AFN._StridedFilters.apply(s, b, 7),
-                                    (signal.detach()[:, :60].requires_grad_(), basis.detach().requires_grad_()))
+    width, length = 24, 24 * 12
+    signal = torch.randn(3, length, dtype=torch.float64, generator=gen, requires_grad=True)
+    taps = torch.randn(10, width, dtype=torch.float64, generator=gen, requires_grad=learn != "window")
+    window = torch.rand(width, dtype=torch.float64, generator=gen, requires_grad=learn != "taps")
+    grad = torch.randn(3, 10, 1 + (length - width) // hop, dtype=torch.float64, generator=gen)
+    before = signal.detach().clone()
+    AFN._StridedFilters.apply(signal, taps, window, hop).backward(grad)
+    ours = [t.grad for t in (signal, taps, window)]
+    signal.grad = taps.grad = window.grad = None
+    torch.testing.assert_close(signal.detach(), before, rtol=0, atol=0)
+    torch.nn.functional.conv1d(signal[:, None], (taps * window)[:, None], stride=hop).backward(grad)
+    for got, want in zip(ours, (signal.grad, taps.grad, window.grad)):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)
+    inputs = (signal.detach()[:, :60].requires_grad_(), taps.detach().requires_grad_(learn != "window"),
+              window.detach().requires_grad_(learn != "taps"))
+    assert torch.autograd.gradcheck(lambda s, k, w: AFN._StridedFilters.apply(s, k, w, hop), inputs)
