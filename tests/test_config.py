@@ -123,7 +123,7 @@ def test_bad_config_is_one_line_naming_the_key(data, message):
 
 
 def test_defaults_are_the_measured_recipe_in_python_and_in_the_configs():
-    # bench/time_to_accuracy.py measured these against the original's recipe (README, Training recipe)
+    # bench/time_to_accuracy.py measured these against the original's recipe (docs/training.md, Training recipe)
     for cfg in (Config(), _compose([]), _compose(["data=gtzan", "data.root=/data/gtzan"])):
         assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == \
             (4, 3, "cosine", 1.0)

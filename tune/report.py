@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tune.study import StudySettings
 
 REPORT_MODES = ("last", "best", "ema")
-DEFAULT_REPORT = "ema"  # chosen by rank fidelity (bench/bench_search.py --fidelity; README, The search)
+DEFAULT_REPORT = "ema"  # chosen by rank fidelity (bench/bench_search.py --fidelity; docs/search.md)
 EMA_WEIGHT = 0.5  # on the newest epoch: an epoch's weight halves with each epoch after it
 
 
