@@ -35,6 +35,13 @@ def advice(cfg: Config) -> list[str]:
     if learns and stft.learn_after_epoch >= cfg.train.epochs:
         out.append(f"stft.learn_after_epoch={stft.learn_after_epoch} is not before the last epoch "
                    f"(train.epochs={cfg.train.epochs}): the front end never learns")
+    optim = cfg.optim
+    # The default's own cut (1 epoch of a 1-epoch smoke run) is documented; a value someone chose is told.
+    chosen = optim.warmup_epochs != type(optim)().warmup_epochs
+    if optim.schedule == "cosine" and chosen and optim.warmup_epochs > cfg.train.epochs / 2:
+        out.append(f"optim.warmup_epochs={optim.warmup_epochs:g} is more than half of train.epochs="
+                   f"{cfg.train.epochs}: the warm-up is cut to {cfg.train.epochs / 2:g} epochs so that the "
+                   "learning rate still decays; lower optim.warmup_epochs or raise train.epochs")
     if not cfg.data.augment and cfg.data.mixup_alpha is not None:
         out.append(f"data.augment=false switches every training augmentation off, data.mixup_alpha="
                    f"{cfg.data.mixup_alpha:g} too: set data.augment=true to mix")

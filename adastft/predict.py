@@ -6,14 +6,17 @@ Run: ``python -m adastft.predict song.wav other.flac --model runs/default/best_m
 
 Each file is decoded like the training data (mono, resampled, padded or trimmed to the clip
 length), split into the configured number of parts, classified in one batch, and reported as the
-voted class plus the top genres by mean probability over the parts.
+voted class plus the top genres by mean probability over the parts. Only the parts that hold some of
+the file vote; a tie is printed as one (``tie jazz | blues``), and a file shorter than one part
+gets a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,11 +27,23 @@ from adastft.data import vote
 from adastft.data.decode import BadAudio, decode_file
 
 
+# Mean probabilities closer than this to the voted class's are a tie: the report prints two decimals.
+TIE = 0.005
+
+
 @dataclass
 class Prediction:
     path: str
     voted: str
     top: list[tuple[str, float]]  # (class, mean probability over parts), best first
+    tied: list[str] = field(default_factory=list)  # the classes tied with the voted one (none: no tie)
+    note: str = ""  # what makes this prediction weak (a file shorter than the model's segments)
+
+    def line(self) -> str:
+        """``path: label    (a 0.61  b 0.22 ...)``, a tie as ``tie a | b``, and the note after."""
+        shown = "  ".join(f"{c} {prob:.2f}" for c, prob in self.top)
+        label = f"tie {' | '.join([self.voted, *self.tied])}" if self.tied else self.voted
+        return f"{self.path}: {label}    ({shown})" + (f"    note: {self.note}" if self.note else "")
 
 
 class Predictor:
@@ -57,14 +72,26 @@ class Predictor:
     def predict(self, path: str | Path, top: int = 3) -> Prediction:
         d = self.cfg.data
         clip_samples = int(round(d.clip_seconds * d.sample_rate))
-        audio = torch.from_numpy(decode_file(str(path), d.sample_rate, clip_samples).audio)
+        decoded = decode_file(str(path), d.sample_rate, clip_samples)
+        audio = torch.from_numpy(decoded.audio)
         crop = clip_samples // d.parts
-        segments = audio[: crop * d.parts].reshape(d.parts, crop).to(self.device)  # (parts, crop)
+        seconds = decoded.orig_samples / decoded.orig_sample_rate
+        # Only the parts that hold some of the file vote: the rest is the padding's silence.
+        used = min(d.parts, max(1, math.ceil(seconds * d.sample_rate / crop)))
+        segments = audio[: crop * used].reshape(used, crop).to(self.device)  # (parts, crop)
         logits = self.model(segments).float().unsqueeze(0)  # (1, parts, classes)
         voted = int(vote(logits, method=d.vote)[0])
         probs = logits.softmax(-1).mean(1)[0]
         order = probs.argsort(descending=True)[:top]
-        return Prediction(str(path), self.classes[voted], [(self.classes[i], float(probs[i])) for i in order])
+        # Within the shown precision of the voted class, a class is as likely: the label would be a coin flip.
+        tied = [self.classes[i] for i in probs.argsort(descending=True).tolist()
+                if i != voted and abs(float(probs[voted] - probs[i])) < TIE]
+        note = ""
+        if used == 1 and seconds * d.sample_rate < crop:
+            note = (f"{seconds:.2f} s is shorter than one segment ({crop / d.sample_rate:.2f} s): "
+                    "the rest of it is silence, a weak guess")
+        return Prediction(str(path), self.classes[voted], [(self.classes[i], float(probs[i])) for i in order],
+                          tied, note)
 
 
 def _locate(model: str, tracking_uri: str | None) -> Path:
@@ -124,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{f}: error: cannot decode ({exc})", file=sys.stderr)
             failed += 1
             continue
-        shown = "  ".join(f"{c} {prob:.2f}" for c, prob in p.top)
-        print(f"{p.path}: {p.voted}    ({shown})")
+        print(p.line())
     return 1 if failed else 0
 
 

@@ -335,6 +335,10 @@ def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_sh
     assert advice(Config.from_dict({"stft": {"learn_compression": True}})) == [
         "stft.learn_compression=true does nothing with stft.compression=log1p: only pcen has parameters to learn"]
     assert advice(_compose(["stft=pcen"])) == []
+    assert advice(Config.from_dict({"optim": {"warmup_epochs": 5}, "train": {"epochs": 1}})) == [
+        "optim.warmup_epochs=5 is more than half of train.epochs=1: the warm-up is cut to 0.5 epochs so that the "
+        "learning rate still decays; lower optim.warmup_epochs or raise train.epochs"]
+    assert advice(Config.from_dict({"train": {"epochs": 1}})) == []  # the default's cut is documented
 
 
 def test_the_commands_print_advice_before_work(tmp_path):

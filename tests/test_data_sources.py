@@ -176,3 +176,38 @@ def test_spec_validation_names_the_argument(args, match):
 def test_spec_defaults():
     assert DataSpec().clip_seconds == 4.0 and DataSpec(source="gtzan", root="/x").clip_seconds == 30.0
     assert DataSpec(source="folder", root="/x", sample_rate=16000).clip_samples == 480000
+
+
+def _folder_spec(root, cache, **overrides) -> DataSpec:
+    return DataSpec(source="folder", root=str(root), cache_dir=str(cache), sample_rate=RATE, clip_seconds=SECONDS,
+                    **overrides)
+
+
+def test_silent_clips_are_named_and_refused_where_they_are_most_of_a_class(tmp_path):
+    """Clips below -60 dBFS teach nothing: a warning names them; most of a class silent is an error."""
+    root = write_folder(tmp_path / "music", {"a": 4, "b": 4})
+    sf.write(root / "a" / "a_0.wav", np.zeros(int(RATE * SECONDS), np.float32), RATE)  # digital silence
+    sf.write(root / "b" / "b_1.wav", np.full(int(RATE * SECONDS), 1e-4, np.float32), RATE)  # -80 dBFS, -81 in 16 bits
+    with pytest.warns(BadAudioWarning, match=r"2 clips are silent or nearly \(RMS below -60 dBFS\) and teach "
+                                             r"nothing: a/a_0\.wav \(-200 dBFS\); b/b_1\.wav \(-8\d dBFS\)"):
+        store = prepare(_folder_spec(root, tmp_path / "cache"))
+    assert len(store) == 8 and store.rms_db[store.names.index("a/a_1.wav")] > -10  # a tone at 0.5: about -9 dBFS
+    with pytest.raises(DataError, match=r"2 clips are silent .* use on_bad='skip'"):
+        prepare(_folder_spec(root, tmp_path / "cache", on_bad="error"))
+    for i in (1, 2):
+        sf.write(root / "a" / f"a_{i}.wav", np.zeros(int(RATE * SECONDS), np.float32), RATE)
+    with pytest.raises(DataError, match=r"^3 of 4 clips of class 'a' are silent or nearly \(RMS below -60 dBFS\): "
+                                        r"a/a_0\.wav \(-200 dBFS\); a/a_1\.wav .*the class cannot be learned"):
+        prepare(_folder_spec(root, tmp_path / "cache"))
+
+
+def test_split_list_names_that_match_no_clip_are_listed(tmp_path):
+    root = write_folder(tmp_path / "music", {"a": 3, "b": 3})
+    lists = {"train": ["a/a_0", "b/b_0", "a/a_1", "b/b_1", "a/a_9"], "val": ["a/a_2", "b/b_2"]}
+    with pytest.warns(BadAudioWarning, match=r"1 names in split_files match no clip under .*: 'a/a_9'; check them"):
+        store = prepare(_folder_spec(root, tmp_path / "cache", split_files=lists))
+    assert len(store.indices("train")) == 4 and len(store.indices("val")) == 2
+    typo = dict(lists, test=["a_2.wave", "b/b_2x"])  # mistyped: a list was given, none of it matches
+    with pytest.raises(DataError, match=r"^no name in split_files\['test'\] matches a clip under .* \(2 given, 0 of "
+                                        r"them skipped as unusable\): 'a_2\.wave', 'b/b_2x'; names are paths relative"):
+        prepare(_folder_spec(root, tmp_path / "cache", split_files=typo))

@@ -314,6 +314,20 @@ def test_predict_cli_prints_top_genres(tmp_path):
                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such file" in bad.stderr
 
+    # A file shorter than one segment says so; a model that cannot decide prints a tie, not a label.
+    from adastft.predict import Predictor
+
+    predictor = Predictor.load(str(tmp_path / "run"))
+    blip = tmp_path / "blip.wav"
+    sf.write(blip, rng.standard_normal(400).astype(np.float32) * 0.1, 8000)  # 0.05 s
+    short = predictor.predict(blip)
+    assert "0.05 s is shorter than one segment" in short.note and short.note in short.line()
+    head = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)  # every class equally likely
+    undecided = predictor.predict(song, top=2)
+    assert sorted([undecided.voted, *undecided.tied]) == sorted(predictor.classes)
+    assert undecided.line().startswith(f"{song}: tie {undecided.voted} | ")
+
 
 class _History:
     def __init__(self):

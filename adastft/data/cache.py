@@ -32,7 +32,7 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-FORMAT = "adastft.clips/1"
+FORMAT = "adastft.clips/2"  # 2: metadata "rms_db", each clip's level
 _BATCH_ROWS = 16  # rows per record batch: bounds the memory of a build at ~16 clips
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the cache folder cannot take the file
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from adastft.checks import need, one_of
 from adastft.data import synthetic
@@ -27,6 +30,9 @@ from adastft.data.sources import (
 from adastft.data.store import ClipStore
 
 log = logging.getLogger(__name__)
+
+# A clip whose RMS level is below this is silence to the model (music sits at -30..-10 dBFS).
+SILENT_DBFS = -60.0
 
 SOURCES = ("synthetic", "gtzan", "folder")
 _DEFAULT_CLIP_SECONDS = {"synthetic": 4.0, "gtzan": 30.0, "folder": 30.0}
@@ -130,6 +136,9 @@ def prepare(spec: DataSpec) -> ClipStore:
     sr, clip_samples = spec.sample_rate, spec.clip_samples
     skipped: list[tuple[str, str]] = []
     padded: list[tuple[str, str]] = []
+    rms_db: list[float] = []
+    labels: list[int] = []
+    names: list[str] = []
 
     if spec.source == "synthetic":
         classes = list(synthetic.CLASSES)
@@ -148,6 +157,11 @@ def prepare(spec: DataSpec) -> ClipStore:
         root = str(Path(spec.root).expanduser().resolve())
         payload = {"root": root, "files": file_fingerprints((p, name) for p, name, _ in listing)}
         stem = f"{spec.source}-{Path(root).name}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+        if spec.split_files is not None:  # mistyped lists are found before any decoding
+            mapping = read_split_files(spec.split_files)
+            listed = [name for _, name, _ in listing]
+            assigned, matched = _assign(listed, mapping)
+            _check_split_names(spec, mapping, assigned, [k for k in mapping if k not in matched], listed)
         min_samples = spec.min_clip_fraction * spec.clip_seconds
 
         def rows() -> Iterator[Row]:
@@ -176,19 +190,28 @@ def prepare(spec: DataSpec) -> ClipStore:
         return {
             "format": FORMAT, "key": key, "rows": str(n_rows), "source": spec.source,
             "classes": json.dumps(classes), "sample_rate": str(sr), "clip_samples": str(clip_samples),
-            "skipped": json.dumps(skipped), "padded": json.dumps(padded),
+            "skipped": json.dumps(skipped), "padded": json.dumps(padded), "rms_db": json.dumps(rms_db),
         }
 
+    def measured(rows: Iterator[Row]) -> Iterator[Row]:
+        for row in rows:
+            rms_db.append(round(level_dbfs(row[0]), 1))
+            labels.append(row[1])
+            names.append(row[2])
+            yield row
+
     def build(tmp: str) -> None:
-        n_rows = write_cache(tmp, rows(), clip_samples, metadata)
+        n_rows = write_cache(tmp, measured(rows()), clip_samples, metadata)
         if n_rows == 0:
             raise DataError(f"no file under {spec.root!r} could be decoded ({len(skipped)} skipped: "
                             f"{_listing(skipped, 5)}); check the files")
+        _check_silent(classes, labels, names, rms_db, spec.on_bad, warn=False)  # refused: no cache is kept
 
     built = ensure_cache(path, key, build)
     store = ClipStore(path, key=key)
     log.info("%s cache %s: %d clips", "built" if built else "reused", path, len(store))
     _report_bad(store, spec.on_bad)
+    _check_silent(store.classes, store.labels, store.names, store.rms_db, spec.on_bad, warn=True)
     store.set_splits(_splits(spec, store))
     return store
 
@@ -214,6 +237,64 @@ def _report_bad(store: ClipStore, on_bad: str) -> None:
                       BadAudioWarning, stacklevel=3)
 
 
+def _assign(names: list[str], mapping: dict[str, str]) -> tuple[list[str], set[str]]:
+    """Each name's split (``""`` for none) and the keys of ``mapping`` that matched: a key is a
+    name, the name without its extension, or its bare stem."""
+    out, matched = [], set()
+    for name in names:
+        no_ext = name.rsplit(".", 1)[0] if "." in Path(name).name else name
+        key = next((k for k in (name, no_ext, Path(name).stem) if k in mapping), None)
+        out.append(mapping[key] if key is not None else "")
+        matched.add(key)
+    return out, matched
+
+
+def _check_split_names(spec: DataSpec, mapping: dict[str, str], assigned: list[str], unmatched: list[str],
+                       names: list[str]) -> None:
+    """A split list of ``spec.split_files`` that matches no clip is an error naming its entries."""
+    for split in SPLITS:
+        if split in spec.split_files and split not in assigned:
+            given = [k for k in mapping if mapping[k] == split]
+            wrong = [k for k in given if k in unmatched]
+            example = f", e.g. {names[0]!r}" if names else ""
+            raise DataError(f"no name in split_files[{split!r}] matches a clip under {spec.root} ({len(given)} given, "
+                            f"{len(given) - len(wrong)} of them skipped as unusable): {_names(wrong or given)}; names "
+                            f"are paths relative to the root, with or without extension, or bare stems{example}")
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(map(repr, names[:limit])) + (f", ... {len(names) - limit} more" if len(names) > limit else "")
+
+
+def level_dbfs(audio: np.ndarray) -> float:
+    """The RMS level of ``audio`` in dB relative to full scale (-200 for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    return 20.0 * math.log10(max(rms, 1e-10))
+
+
+def _check_silent(classes: list[str], labels: list[int] | np.ndarray, names: list[str], rms_db: list[float],
+                  on_bad: str, warn: bool) -> None:
+    """Clips below :data:`SILENT_DBFS` teach nothing: an error where they are most of a class (it
+    could only be learned from its silence) or with ``on_bad="error"``, else named in a warning."""
+    silent = [i for i, db in enumerate(rms_db) if db < SILENT_DBFS]
+    if not silent:
+        return
+    listing = [(names[i], f"{rms_db[i]:.0f} dBFS") for i in silent]
+    what = f"silent or nearly (RMS below {SILENT_DBFS:g} dBFS)"
+    labels = np.asarray(labels)
+    for label, name in enumerate(classes):
+        total = int((labels == label).sum())
+        quiet = [entry for i, entry in zip(silent, listing) if labels[i] == label]
+        if total and 2 * len(quiet) > total:
+            raise DataError(f"{len(quiet)} of {total} clips of class {name!r} are {what}: {_listing(quiet, 3)}; "
+                            "the class cannot be learned from them: fix or remove them")
+    if on_bad == "error":
+        raise DataError(f"{len(silent)} clips are {what}: {_listing(listing, 5)}; fix or remove them, or use on_bad='skip'")
+    if warn:
+        warnings.warn(f"{len(silent)} clips are {what} and teach nothing: {_listing(listing, 5)}; fix or remove them",
+                      BadAudioWarning, stacklevel=3)
+
+
 def _splits(spec: DataSpec, store: ClipStore) -> list[str]:
     if spec.split_files is not None:
         mapping = read_split_files(spec.split_files)
@@ -221,14 +302,17 @@ def _splits(spec: DataSpec, store: ClipStore) -> list[str]:
         mapping = standard_gtzan_split()
     else:
         return stratified_split(store.labels, spec.val_fraction, spec.test_fraction, spec.seed)
-    out = []
-    for name in store.names:
-        no_ext = name.rsplit(".", 1)[0] if "." in Path(name).name else name
-        out.append(next((mapping[k] for k in (name, no_ext, Path(name).stem) if k in mapping), ""))
-    counts = {s: out.count(s) for s in SPLITS}
-    if counts["train"] == 0:
-        raise DataError(f"no clip of {store.path} is in the train split list; check split_files names against the files")
-    missing = len(mapping) - sum(counts.values())
-    if missing > 0:
-        log.warning("%d clips named in the split lists are not in the cache (skipped or absent)", missing)
+    out, matched = _assign(store.names, mapping)
+    _, unusable = _assign([name for name, _ in store.skipped], mapping)
+    unmatched = [k for k in mapping if k not in matched and k not in unusable]
+    if spec.split_files is None:  # GTZAN's standard lists: a copy may lack a few of their clips
+        if "train" not in out:
+            raise DataError(f"no clip of {store.path} is in GTZAN's standard train list; check data.root")
+        if unmatched:
+            log.warning("%d clips of GTZAN's standard split are not in %s (skipped or absent)", len(unmatched), spec.root)
+        return out
+    _check_split_names(spec, mapping, out, unmatched, store.names)
+    if unmatched:
+        warnings.warn(f"{len(unmatched)} names in split_files match no clip under {spec.root}: "
+                      f"{_names(unmatched)}; check them against the files", BadAudioWarning, stacklevel=3)
     return out

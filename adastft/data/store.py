@@ -54,6 +54,7 @@ class ClipStore:
         self.source = meta.get("source", "")
         self.skipped: list[tuple[str, str]] = [tuple(x) for x in json.loads(meta.get("skipped", "[]"))]
         self.padded: list[tuple[str, str]] = [tuple(x) for x in json.loads(meta.get("padded", "[]"))]
+        self.rms_db: list[float] = json.loads(meta.get("rms_db", "[]"))  # per row, dBFS
         self._views: list[np.ndarray] = []
         labels, names, rows = [], [], []
         for batch in batches:

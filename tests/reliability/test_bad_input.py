@@ -1,7 +1,7 @@
 """Bad input, table-driven, through the real command lines: ``python -m adastft.train``,
 ``python tune/search.py`` and ``python -m adastft.predict``, each run in a process of its own.
 
-To keep 56 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
+To keep 58 runs within a minute or two, each runs in a child forked from ``cli_runner.py`` after
 it has imported torch, Hydra and MLflow (the module or script is then run as ``__main__``, as
 ``python -m`` does). One row of each program also runs as a fresh ``python`` process, and must
 give the same exit status and error line.
@@ -60,6 +60,10 @@ def inputs(tmp_path_factory) -> Path:
     # every file broken
     for cls in ("a", "b"):
         write_bad_files(root / "folder_all_bad" / cls)
+    # every clip digital silence: nothing to learn
+    write_folder(root / "folder_silent", {"a": 2, "b": 2})
+    for wav in (root / "folder_silent").rglob("*.wav"):
+        sf.write(wav, tone() * 0, RATE)
     # audio files but no class folders
     (root / "folder_flat").mkdir()
     for i in range(3):
@@ -173,6 +177,12 @@ def rows(inputs: Path) -> list[Row]:
             "folder_all_bad"),
         Row("broken audio file with data.on_bad=error", "audio", "train",
             [*folder, f"data.root={i}/folder_one_bad", "data.on_bad=error"], "broken.wav"),
+        Row("dataset of silent clips", "audio", "train", [*folder, f"data.root={i}/folder_silent"],
+            "2 of 2 clips of class 'a' are silent or nearly"),
+        Row("data.split_files with a mistyped test list", "config", "train",
+            [*folder, f"data.root={i}/folder_one_bad",
+             "data.split_files={train:[a/a_0,b/b_0],val:[a/a_1,b/b_1],test:[a/a_2.wave]}"],
+            "no name in split_files['test'] matches a clip under"),
         # ---- python tune/search.py: flags, spaces, cluster flags
         Row("--trials 0", "cli", "search", ["--trials", "0"], "--trials must be >= 1"),
         Row("no such search space", "config", "search", ["--search", "nope"], "--search 'nope'"),
