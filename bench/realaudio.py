@@ -54,6 +54,10 @@ ARMS: dict[str, list[str]] = {
     "cnn4_fixed": ["stft=fixed", "model=cnn4"],
     "cnn4_learn_both_slow": ["stft=learn_both", "stft.lr=1e-4", "model=cnn4"],
     "cnn4_pcen": ["stft=pcen", "model=cnn4"],
+    # the best trial of the 16-trial search of the default space (docs/results.md), to confirm over seeds
+    "search16_best": ["stft=pcen", "stft.learn_compression=true", "stft.learn_window=true", "stft.learn_kernel=true",
+                      "stft.lr=1.0970213817508292e-05", "stft.hop_length=256", "stft.n_mels=96",
+                      "optim.lr=0.0028976166292595954", "data.mixup_alpha=0.2", "data.time_masks=3", "data.freq_masks=2"],
 }
 
 
