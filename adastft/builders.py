@@ -22,12 +22,18 @@ from adastft.model import AdaSTFTClassifier
 def build_model(cfg: Config, num_classes: int) -> AdaSTFTClassifier:
     """The classifier a config describes (front-end learning switched off: train() sets it)."""
     layer_kwargs = cfg.stft.layer_kwargs(cfg.data.sample_rate)
-    frontend = AdaSTFT(**layer_kwargs) if cfg.model.n_frontends == 1 else AdaSTFTBank(cfg.model.n_frontends, **layer_kwargs)
+    frontend = (
+        AdaSTFT(**layer_kwargs) if cfg.model.n_frontends == 1 else AdaSTFTBank(cfg.model.n_frontends, **layer_kwargs)
+    )
     d = cfg.data
-    spec_augment = SpecAugment(**arguments_for(SpecAugment, d, SPEC_AUGMENT_KEYS)) \
-        if d.augment and (d.time_masks or d.freq_masks) else None
-    return AdaSTFTClassifier(frontend, num_classes, spec_augment=spec_augment,
-                             **arguments_for(AdaSTFTClassifier, cfg.model))
+    spec_augment = (
+        SpecAugment(**arguments_for(SpecAugment, d, SPEC_AUGMENT_KEYS))
+        if d.augment and (d.time_masks or d.freq_masks)
+        else None
+    )
+    return AdaSTFTClassifier(
+        frontend, num_classes, spec_augment=spec_augment, **arguments_for(AdaSTFTClassifier, cfg.model)
+    )
 
 
 def build_optimizer(cfg: Config, model: AdaSTFTClassifier) -> torch.optim.Optimizer:

@@ -71,9 +71,15 @@ class DataConfig:
             split = name.split("_")[0]
             if self.split_files is not None and split not in self.split_files and "train" in self.split_files:
                 raise ConfigError(f"{where}.split_files has no {split!r} list, but training needs one: add it")
-            if getattr(self, name) == 0 and self.split_files is None and (self.source, self.split) != ("gtzan", "standard"):
-                raise ConfigError(f"{where}.{name}=0 leaves the {split} split empty, but training needs it: "
-                                  f"set it above 0 (e.g. 0.2), or give {where}.split_files with a {split} list")
+            if (
+                getattr(self, name) == 0
+                and self.split_files is None
+                and (self.source, self.split) != ("gtzan", "standard")
+            ):
+                raise ConfigError(
+                    f"{where}.{name}=0 leaves the {split} split empty, but training needs it: "
+                    f"set it above 0 (e.g. 0.2), or give {where}.split_files with a {split} list"
+                )
 
 
 # The stft section's keys are AdaSTFT's arguments, read from its signature with its defaults (not
@@ -88,12 +94,16 @@ STFT_DEFAULTS = {
 def _layer_fields(layer: type, skip: tuple[str, ...], defaults: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``make_dataclass`` fields for ``layer``'s constructor arguments: name, type hint, default."""
     hints = typing.get_type_hints(layer.__init__)
-    return [(p.name, hints[p.name], field(default=defaults.get(p.name, p.default)))
-            for p in inspect.signature(layer).parameters.values() if p.name not in skip]
+    return [
+        (p.name, hints[p.name], field(default=defaults.get(p.name, p.default)))
+        for p in inspect.signature(layer).parameters.values()
+        if p.name not in skip
+    ]
 
 
 StftArguments = dataclasses.make_dataclass(
-    "StftArguments", _layer_fields(AdaSTFT, skip=("sample_rate", *SWITCHES), defaults=STFT_DEFAULTS))
+    "StftArguments", _layer_fields(AdaSTFT, skip=("sample_rate", *SWITCHES), defaults=STFT_DEFAULTS)
+)
 StftArguments.__module__ = __name__  # where pickle finds it
 
 
@@ -119,8 +129,10 @@ class StftConfig(StftArguments):
 
     def layer_kwargs(self, sample_rate: int) -> dict[str, Any]:
         """Arguments for :class:`adastft.AdaSTFT` (learning switches off: training sets them)."""
-        return {"sample_rate": sample_rate,
-                **{f.name: getattr(self, f.name) for f in dataclasses.fields(StftArguments)}}
+        return {
+            "sample_rate": sample_rate,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(StftArguments)},
+        }
 
 
 @dataclass
@@ -141,7 +153,9 @@ class OptimConfig:
     momentum: float = 0.9
     gamma: float = 0.9974547047513221  # ExponentialLR, stepped once per epoch
     schedule: str = "cosine"  # exponential (ExponentialLR by gamma, per epoch) | cosine (per step)
-    warmup_epochs: float = 1.0  # cosine only: linear warm-up over this many epochs (at most half the run), then cosine to 0
+    warmup_epochs: float = (
+        1.0  # cosine only: linear warm-up over this many epochs (at most half the run), then cosine to 0
+    )
 
     def validate(self, where: str) -> None:  # the schedule's keys: adastft.schedule.check_schedule
         _choice(where, "name", self.name, ("adamw", "sgd"))
@@ -194,8 +208,10 @@ class TrackingConfig:
             raise ConfigError(f"{where}.experiment must be a non-empty name")
         formats = list(self.tensor_formats or [])
         if not formats or any(f not in TENSOR_FORMATS for f in formats) or len(set(formats)) < len(formats):
-            raise ConfigError(f"{where}.tensor_formats must be a non-empty list of distinct formats from "
-                              f"{list(TENSOR_FORMATS)}, got {self.tensor_formats!r}")
+            raise ConfigError(
+                f"{where}.tensor_formats must be a non-empty list of distinct formats from "
+                f"{list(TENSOR_FORMATS)}, got {self.tensor_formats!r}"
+            )
 
 
 @dataclass
@@ -236,10 +252,16 @@ class Config:
         _check(SpecAugment, "data", _arguments("data", d, SpecAugment, SPEC_AUGMENT_KEYS))
         if d.mixup_alpha is not None:
             _check(Mixup, "data", _arguments("data", d, Mixup, MIXUP_KEYS))
-        _check(AdaSTFT.check_arguments, "stft",
-               {**_arguments("stft", self.stft, AdaSTFT), "sample_rate": ("data.sample_rate", d.sample_rate)})
-        _check(AdaSTFTClassifier.check_arguments, "model", _arguments("model", self.model,
-                                                                       AdaSTFTClassifier.check_arguments))
+        _check(
+            AdaSTFT.check_arguments,
+            "stft",
+            {**_arguments("stft", self.stft, AdaSTFT), "sample_rate": ("data.sample_rate", d.sample_rate)},
+        )
+        _check(
+            AdaSTFTClassifier.check_arguments,
+            "model",
+            _arguments("model", self.model, AdaSTFTClassifier.check_arguments),
+        )
         _check(check_schedule, "optim", _arguments("optim", self.optim, check_schedule))
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
@@ -275,21 +297,36 @@ class Config:
         sections: dict[str, dict[str, Any]] = {}
         for dotted, value in changes.items():
             if dotted not in RUN_KEYS:
-                raise ConfigError(f"{dotted!r} is not one of the keys replaced() changes unchecked "
-                                  f"({', '.join(sorted(RUN_KEYS))}): use merged()")
+                raise ConfigError(
+                    f"{dotted!r} is not one of the keys replaced() changes unchecked "
+                    f"({', '.join(sorted(RUN_KEYS))}): use merged()"
+                )
             name, key = dotted.split(".")
             hint = typing.get_type_hints(type(getattr(self, name)))[key]
             sections.setdefault(name, {})[key] = coerce(value, hint, dotted)
-        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **values)
-                                            for name, values in sections.items()})
+        return dataclasses.replace(
+            self, **{name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        )
 
 
 # Keys that say where a run reads, writes and runs and how it is recorded, not what it trains.
-RUN_KEYS = frozenset({
-    "data.root", "data.cache_dir", "data.split_files", "model.pretrained_path",
-    "train.out_dir", "train.resume", "train.device", "train.threads",
-    "tracking.uri", "tracking.run_name", "tracking.parent_run_id", "tracking.run_id", "tracking.tags",
-})
+RUN_KEYS = frozenset(
+    {
+        "data.root",
+        "data.cache_dir",
+        "data.split_files",
+        "model.pretrained_path",
+        "train.out_dir",
+        "train.resume",
+        "train.device",
+        "train.threads",
+        "tracking.uri",
+        "tracking.run_name",
+        "tracking.parent_run_id",
+        "tracking.run_id",
+        "tracking.tags",
+    }
+)
 
 
 def check_key(dotted: str) -> None:
@@ -299,14 +336,19 @@ def check_key(dotted: str) -> None:
 
 
 # SpecAugment's arguments and the data keys that give them
-SPEC_AUGMENT_KEYS = {"freq_mask_param": "freq_mask_bins", "time_mask_param": "time_mask_frames",
-                     "n_freq_masks": "freq_masks", "n_time_masks": "time_masks"}
+SPEC_AUGMENT_KEYS = {
+    "freq_mask_param": "freq_mask_bins",
+    "time_mask_param": "time_mask_frames",
+    "n_freq_masks": "freq_masks",
+    "n_time_masks": "time_masks",
+}
 # Mixup's arguments and the data keys that give them
 MIXUP_KEYS = {"alpha": "mixup_alpha"}
 
 
-def _arguments(where: str, section: Any, owner: Callable[..., Any],
-               renamed: Mapping[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+def _arguments(
+    where: str, section: Any, owner: Callable[..., Any], renamed: Mapping[str, str] | None = None
+) -> dict[str, tuple[str, Any]]:
     """``{argument: (key, value)}`` for each of ``owner``'s arguments that a key of ``section`` gives:
     the key of the same name, or ``renamed[argument]``."""
     keys = {f.name for f in dataclasses.fields(section)}

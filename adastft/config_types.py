@@ -98,7 +98,7 @@ def check_key_of(cls: type, dotted: str) -> None:
             raise ConfigError(f"unknown key {dotted!r}: {'.'.join(parts[:i])!r} is a value, not a config section")
         hints = typing.get_type_hints(node)
         if part not in hints:
-            raise _unknown(".".join(parts[:i + 1]), part, hints)
+            raise _unknown(".".join(parts[: i + 1]), part, hints)
         node = hints[part]
 
 

@@ -46,8 +46,9 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     sr, length = 8000, 4000
-    front = AdaSTFT(sample_rate=sr, n_fft=256, hop_length=128, n_mels=64, compression="log1p",
-                    learn_window=True, learn_kernel=True)
+    front = AdaSTFT(
+        sample_rate=sr, n_fft=256, hop_length=128, n_mels=64, compression="log1p", learn_window=True, learn_kernel=True
+    )
     head = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))
     head(front(torch.zeros(1, length)))
     opt = torch.optim.AdamW(front.parameter_groups(lr=3e-3) + [{"params": head.parameters(), "lr": 3e-3}])
@@ -58,8 +59,13 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         loss.backward()
         opt.step()
         if step % 20 == 0:
-            log.info("step %d  loss %.3f  window change %.4f  kernel change %.4f",
-                     step, loss.item(), front.window_change(), front.kernel_change())
+            log.info(
+                "step %d  loss %.3f  window change %.4f  kernel change %.4f",
+                step,
+                loss.item(),
+                front.window_change(),
+                front.kernel_change(),
+            )
     with torch.no_grad():
         x, y = _batch(512, sr, length, gen)
         acc = float((head(front(x)).argmax(1) == y).float().mean())

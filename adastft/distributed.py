@@ -86,7 +86,5 @@ def setup(device_name: str, timeout_s: float = 600.0) -> DistContext:
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
-    )
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistContext(rank, world, device, owns_group=True)

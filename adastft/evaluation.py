@@ -78,12 +78,14 @@ def evaluate(
         seg_labels = labels.repeat_interleave(parts)
         loss = nn.functional.cross_entropy(logits.reshape(b * parts, -1), seg_labels, reduction="sum")
         predictions = vote(logits, method=vote_method)
-        totals += torch.stack([
-            loss.double(),
-            torch.tensor(float(b * parts), device=device, dtype=torch.float64),
-            (logits.argmax(-1).reshape(-1) == seg_labels).sum().double(),
-            (predictions == labels).sum().double(),
-        ])
+        totals += torch.stack(
+            [
+                loss.double(),
+                torch.tensor(float(b * parts), device=device, dtype=torch.float64),
+                (logits.argmax(-1).reshape(-1) == seg_labels).sum().double(),
+                (predictions == labels).sum().double(),
+            ]
+        )
         confusion.index_put_((labels, predictions), torch.ones(b, dtype=torch.float64, device=device), accumulate=True)
     ctx.all_reduce_sum(totals)
     ctx.all_reduce_sum(confusion)

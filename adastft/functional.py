@@ -244,9 +244,9 @@ class _StridedFilters(torch.autograd.Function):
         grad_signal = grad_taps = grad_window = None
         if ctx.needs_input_grad[0]:
             basis = (taps * window)[:, None].to(grad.dtype)
-            grad_signal = torch.nn.grad.conv1d_input(
-                (signal.shape[0], 1, signal.shape[1]), basis, grad, stride=hop
-            )[:, 0].to(signal.dtype)
+            grad_signal = torch.nn.grad.conv1d_input((signal.shape[0], 1, signal.shape[1]), basis, grad, stride=hop)[
+                :, 0
+            ].to(signal.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             fold = not ctx.needs_input_grad[2]  # only the taps learn: window the frames instead
             n_batch, n_filters, n_frames = grad.shape

@@ -106,8 +106,9 @@ class AdaSTFT(nn.Module):
             self._start_shift = ((self.n_fft - self.win_length) / 2) % 1  # where torch.stft puts a window of W
             self.log_win_scale = nn.Parameter(torch.tensor(0.0))
             self.window = nn.Parameter(torch.ones(self.n_fft))
-            init_window = AFN.tapered_window(self.window_name, torch.tensor(float(self.win_length)), self.n_fft,
-                                             self._start_shift)  # (N,)
+            init_window = AFN.tapered_window(
+                self.window_name, torch.tensor(float(self.win_length)), self.n_fft, self._start_shift
+            )  # (N,)
         else:
             self.log_win_scale = None
             init_window = AFN.make_window(self.window_name, self.win_length)  # (W,)
@@ -118,19 +119,27 @@ class AdaSTFT(nn.Module):
         self.register_buffer("initial_window", init_window, persistent=False)
         self.register_buffer("initial_kernel", init_kernel, persistent=False)
         if self.n_mels is not None:
-            fb = mel_filters(self.n_freq, self.f_min, self.f_max, self.n_mels, self.sample_rate, self.norm,
-                             self.mel_scale)  # (F, M)
+            fb = mel_filters(
+                self.n_freq, self.f_min, self.f_max, self.n_mels, self.sample_rate, self.norm, self.mel_scale
+            )  # (F, M)
             self.register_buffer("mel_fb", fb)
         else:
             self.mel_fb = None
         self.pcen = None
         if self.compression == "pcen":
-            self.pcen = PCEN(self.n_mels or self.n_freq, self.pcen_smoothing, self.pcen_alpha, self.pcen_delta,
-                             self.pcen_root, self.pcen_floor)
+            self.pcen = PCEN(
+                self.n_mels or self.n_freq,
+                self.pcen_smoothing,
+                self.pcen_alpha,
+                self.pcen_delta,
+                self.pcen_root,
+                self.pcen_floor,
+            )
         # Kernel version last verified equal to the DFT: the FFT path is valid while it holds.
         self._dft_version: int | None = None
-        self.set_learning(window=learn_window, kernel=learn_kernel, compression=learn_compression,
-                          win_length=learn_win_length or None)
+        self.set_learning(
+            window=learn_window, kernel=learn_kernel, compression=learn_compression, win_length=learn_win_length or None
+        )
 
     @classmethod
     def check_arguments(cls, **kwargs: Any) -> dict[str, Any]:
@@ -163,8 +172,13 @@ class AdaSTFT(nn.Module):
         """The compression's learnable parameters: PCEN's four, or none."""
         return list(self.pcen.parameters()) if self.pcen is not None else []
 
-    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
-                     compression: bool | None = None, win_length: bool | None = None) -> "AdaSTFT":
+    def set_learning(
+        self,
+        window: bool | None = None,
+        kernel: bool | None = None,
+        compression: bool | None = None,
+        win_length: bool | None = None,
+    ) -> "AdaSTFT":
         """Switch learning of the window, kernel, compression and/or the window's length; ``None``
         leaves a switch as it is.
 
@@ -186,8 +200,9 @@ class AdaSTFT(nn.Module):
                 param.grad = None
         return self
 
-    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0,
-                         scalar_lr: float | None = None) -> list[dict]:
+    def parameter_groups(
+        self, lr: float | None = None, weight_decay: float = 0.0, scalar_lr: float | None = None
+    ) -> list[dict]:
         """Optimiser groups of the front end, weight decay 0 by default: the window and kernel at
         ``lr``; PCEN's per-band parameters and the window's length scale (a few numbers each,
         like a normalisation's) at ``scalar_lr`` when given, else in the same group.
@@ -258,7 +273,13 @@ class AdaSTFT(nn.Module):
                 )  # (B, F, T)
             else:
                 spec = AFN.power_spectrogram_kernel(
-                    x, window, self.kernel, self.n_fft, self.hop_length, self.center, self.pad_mode,
+                    x,
+                    window,
+                    self.kernel,
+                    self.n_fft,
+                    self.hop_length,
+                    self.center,
+                    self.pad_mode,
                     self.power,
                 )  # (B, F, T)
             if self.mel_fb is not None:
@@ -313,8 +334,11 @@ class AdaSTFT(nn.Module):
         """Copy exported tensors into this layer; shapes and STFT arguments must match."""
         if learned.get("format") != _EXPORT_FORMAT:
             raise ValueError(f"learned must come from AdaSTFT.export_learned(), got format {learned.get('format')!r}")
-        expected = {"window": tuple(self.window.shape), "kernel_cos": (self.n_freq, self.n_fft),
-                    "kernel_sin": (self.n_freq, self.n_fft)}
+        expected = {
+            "window": tuple(self.window.shape),
+            "kernel_cos": (self.n_freq, self.n_fft),
+            "kernel_sin": (self.n_freq, self.n_fft),
+        }
         if self.log_win_scale is not None:
             expected["win_length"] = ()
         for key, shape in expected.items():
@@ -325,8 +349,10 @@ class AdaSTFT(nn.Module):
                 raise ValueError(f"learned[{key!r}] has shape {got}, this layer needs {shape}")
         pcen = dict(self.pcen.named_parameters()) if self.pcen is not None else {}
         if ("pcen" in learned) != bool(pcen):
-            raise ValueError(f"learned {'has' if 'pcen' in learned else 'has no'} PCEN parameters, this layer's "
-                             f"compression is {self.compression!r}")
+            raise ValueError(
+                f"learned {'has' if 'pcen' in learned else 'has no'} PCEN parameters, this layer's "
+                f"compression is {self.compression!r}"
+            )
         for name, param in pcen.items():
             got = tuple(learned["pcen"][name].shape)
             if got != tuple(param.shape):
@@ -378,14 +404,20 @@ class AdaSTFTBank(nn.Module):
     def __getitem__(self, i: int) -> AdaSTFT:
         return self.layers[i]
 
-    def set_learning(self, window: bool | None = None, kernel: bool | None = None,
-                     compression: bool | None = None, win_length: bool | None = None) -> "AdaSTFTBank":
+    def set_learning(
+        self,
+        window: bool | None = None,
+        kernel: bool | None = None,
+        compression: bool | None = None,
+        win_length: bool | None = None,
+    ) -> "AdaSTFTBank":
         for layer in self.layers:
             layer.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
         return self
 
-    def parameter_groups(self, lr: float | None = None, weight_decay: float = 0.0,
-                         scalar_lr: float | None = None) -> list[dict]:
+    def parameter_groups(
+        self, lr: float | None = None, weight_decay: float = 0.0, scalar_lr: float | None = None
+    ) -> list[dict]:
         """As :meth:`AdaSTFT.parameter_groups`, over every front end."""
         return _groups(list(self.layers), lr, weight_decay, scalar_lr)
 
@@ -400,9 +432,7 @@ class AdaSTFTBank(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_tensor(x) and x.dim() == 3:
             if x.shape[1] != len(self.layers):
-                raise ValueError(
-                    f"input has {x.shape[1]} channels, this bank has {len(self.layers)} front ends"
-                )
+                raise ValueError(f"input has {x.shape[1]} channels, this bank has {len(self.layers)} front ends")
             return torch.stack([layer(x[:, i]) for i, layer in enumerate(self.layers)], dim=1)
         return torch.stack([layer(x) for layer in self.layers], dim=1)  # (B, n, M, T)
 

@@ -28,27 +28,36 @@ def check_layer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
 
     need(_number(a.sample_rate) and a.sample_rate > 0, f"sample_rate must be positive, got {a.sample_rate!r}")
     need(_integer(a.n_fft) and a.n_fft >= 2, f"n_fft must be an integer >= 2, got {a.n_fft!r}")
-    need(_integer(a.win_length) and 1 <= a.win_length <= a.n_fft,
-         f"win_length must be an integer in [1, n_fft={a.n_fft}], got {a.win_length!r}")
+    need(
+        _integer(a.win_length) and 1 <= a.win_length <= a.n_fft,
+        f"win_length must be an integer in [1, n_fft={a.n_fft}], got {a.win_length!r}",
+    )
     need(_integer(a.hop_length) and a.hop_length >= 1, f"hop_length must be an integer >= 1, got {a.hop_length!r}")
     need(_number(a.f_min) and a.f_min >= 0, f"f_min must be >= 0, got {a.f_min!r}")
-    need(_number(a.f_max) and a.f_max <= a.sample_rate / 2,
-         f"f_max must be <= sample_rate / 2 = {a.sample_rate / 2:g}, got {a.f_max!r}")
+    need(
+        _number(a.f_max) and a.f_max <= a.sample_rate / 2,
+        f"f_max must be <= sample_rate / 2 = {a.sample_rate / 2:g}, got {a.f_max!r}",
+    )
     need(a.f_min < a.f_max, f"f_min must be below f_max={a.f_max:g}, got {a.f_min!r}")
-    need(a.n_mels is None or (_integer(a.n_mels) and a.n_mels >= 1),
-         f"n_mels must be a positive integer or None, got {a.n_mels!r}")
+    need(
+        a.n_mels is None or (_integer(a.n_mels) and a.n_mels >= 1),
+        f"n_mels must be a positive integer or None, got {a.n_mels!r}",
+    )
     one_of("window", a.window, AFN.WINDOWS)
     one_of("pad_mode", a.pad_mode, AFN.PAD_MODES)
-    need(_number(a.power) and math.isfinite(a.power) and a.power > 0,
-         f"power must be a positive number, got {a.power!r}")
+    need(
+        _number(a.power) and math.isfinite(a.power) and a.power > 0, f"power must be a positive number, got {a.power!r}"
+    )
     need(a.norm in (None, "slaney"), f"norm must be None or 'slaney', got {a.norm!r}")
     need(a.mel_scale in ("htk", "slaney"), f"mel_scale must be 'htk' or 'slaney', got {a.mel_scale!r}")
     one_of("compression", a.compression, AFN.COMPRESSIONS)
     need(_number(a.log_gain) and a.log_gain > 0, f"log_gain must be positive, got {a.log_gain!r}")
     need(isinstance(a.learn_win_length, bool), f"learn_win_length must be true or false, got {a.learn_win_length!r}")
-    need(not a.learn_win_length or a.window in AFN.TAPERED_WINDOWS,
-         f"learn_win_length needs a tapered window ({', '.join(AFN.TAPERED_WINDOWS)}), got window={a.window!r}: "
-         "a rectangular window's length has no gradient")
+    need(
+        not a.learn_win_length or a.window in AFN.TAPERED_WINDOWS,
+        f"learn_win_length needs a tapered window ({', '.join(AFN.TAPERED_WINDOWS)}), got window={a.window!r}: "
+        "a rectangular window's length has no gradient",
+    )
     check_pcen_arguments(a.pcen_smoothing, a.pcen_alpha, a.pcen_delta, a.pcen_root, a.pcen_floor, prefix="pcen_")
 
     a.sample_rate, a.center = int(a.sample_rate), bool(a.center)
@@ -57,8 +66,11 @@ def check_layer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     a.pcen_root, a.pcen_floor = float(a.pcen_root), float(a.pcen_floor)
     if a.n_mels is not None:
         empty = _empty_filters(a.n_fft // 2 + 1, a.f_min, a.f_max, a.n_mels, a.sample_rate, a.norm, a.mel_scale)
-        need(not empty, f"n_mels={a.n_mels} leaves {empty} empty mel filters with n_fft={a.n_fft} between "
-                        f"f_min={a.f_min:g} and f_max={a.f_max:g} Hz: use fewer mels or a larger n_fft")
+        need(
+            not empty,
+            f"n_mels={a.n_mels} leaves {empty} empty mel filters with n_fft={a.n_fft} between "
+            f"f_min={a.f_min:g} and f_max={a.f_max:g} Hz: use fewer mels or a larger n_fft",
+        )
     return vars(a)
 
 
@@ -67,8 +79,9 @@ def min_input_length(n_fft: int, center: bool) -> int:
     return n_fft // 2 + 1 if center else n_fft
 
 
-def mel_filters(n_freq: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm: str | None,
-                mel_scale: str):
+def mel_filters(
+    n_freq: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm: str | None, mel_scale: str
+):
     """torchaudio's mel filterbank ``(n_freq, n_mels)``, without its warning about empty filters
     (:func:`check_layer_arguments` refuses them with a message that says what to change)."""
     with warnings.catch_warnings():

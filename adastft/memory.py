@@ -31,7 +31,9 @@ def model_bytes(cfg: Config, num_classes: int) -> int:
     kernel, win = 2 * n_freq * stft.n_fft, window
     states = 2 if cfg.optim.name == "adamw" else 1  # AdamW: two moments; SGD: momentum
     per_frontend = 2 * (kernel + win)  # the parameters and their initial copies
-    per_frontend += (kernel if stft.learn_kernel else 0) * (1 + states) + (win if stft.learn_window else 0) * (1 + states)
+    per_frontend += (kernel if stft.learn_kernel else 0) * (1 + states) + (win if stft.learn_window else 0) * (
+        1 + states
+    )
     with torch.device("meta"):  # the backbone's size without allocating it
         backbone = build_backbone(cfg.model.backbone, num_classes=num_classes)
     backbone_params = sum(p.numel() for p in backbone.parameters())
@@ -54,7 +56,9 @@ def check_fits(cfg: Config, device: torch.device, num_classes: int = NOMINAL_CLA
         return
     gib = 2**30
     where = "GPU" if device.type == "cuda" else "machine"
-    raise ValueError(f"the model needs at least {need / gib:.1f} GiB (parameters, gradients, optimiser state) and the "
-                     f"{where} has {free / gib:.1f} GiB free: stft.n_fft={cfg.stft.n_fft} makes each front end's "
-                     f"kernel {2 * (cfg.stft.n_fft // 2 + 1) * cfg.stft.n_fft * FLOAT32 / gib:.2f} GiB; lower "
-                     "stft.n_fft, use fewer front ends or a smaller model.backbone")
+    raise ValueError(
+        f"the model needs at least {need / gib:.1f} GiB (parameters, gradients, optimiser state) and the "
+        f"{where} has {free / gib:.1f} GiB free: stft.n_fft={cfg.stft.n_fft} makes each front end's "
+        f"kernel {2 * (cfg.stft.n_fft // 2 + 1) * cfg.stft.n_fft * FLOAT32 / gib:.2f} GiB; lower "
+        "stft.n_fft, use fewer front ends or a smaller model.backbone"
+    )

@@ -15,8 +15,16 @@ from adastft.layer import AdaSTFT, AdaSTFTBank
 log = logging.getLogger(__name__)
 
 BACKBONES = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
     "cnn4",
 )
 
@@ -52,8 +60,14 @@ class AdaSTFTClassifier(nn.Module):
     ) -> None:
         super().__init__()
         channels = len(frontend) if isinstance(frontend, AdaSTFTBank) else 1
-        self.check_arguments(num_classes=num_classes, n_frontends=channels, backbone=backbone, activation=activation,
-                             norm=norm, dropout=dropout)
+        self.check_arguments(
+            num_classes=num_classes,
+            n_frontends=channels,
+            backbone=backbone,
+            activation=activation,
+            norm=norm,
+            dropout=dropout,
+        )
         self.frontend = frontend
         self.channels = channels
         self.activation = nn.LeakyReLU(0.01) if activation == "leaky_relu" else nn.Identity()
@@ -71,8 +85,15 @@ class AdaSTFTClassifier(nn.Module):
         self.backbone = net
 
     @staticmethod
-    def check_arguments(*, n_frontends: int, backbone: str, activation: str | None, norm: str, dropout: float,
-                        num_classes: int | None = None) -> None:
+    def check_arguments(
+        *,
+        n_frontends: int,
+        backbone: str,
+        activation: str | None,
+        norm: str,
+        dropout: float,
+        num_classes: int | None = None,
+    ) -> None:
         """Raise the ``ValueError`` the constructor would, without building the ResNet (a config
         check of resnet152 allocates nothing). ``n_frontends``: 1 for an :class:`AdaSTFT` front
         end, the bank's length for an :class:`AdaSTFTBank`; ``num_classes=None``: not known yet."""
@@ -99,8 +120,13 @@ class AdaSTFTClassifier(nn.Module):
     def frontends(self) -> list[AdaSTFT]:
         return list(self.frontend.layers) if isinstance(self.frontend, AdaSTFTBank) else [self.frontend]
 
-    def set_frontend_learning(self, window: bool | None = None, kernel: bool | None = None,
-                              compression: bool | None = None, win_length: bool | None = None) -> None:
+    def set_frontend_learning(
+        self,
+        window: bool | None = None,
+        kernel: bool | None = None,
+        compression: bool | None = None,
+        win_length: bool | None = None,
+    ) -> None:
         self.frontend.set_learning(window=window, kernel=kernel, compression=compression, win_length=win_length)
 
     def parameter_groups(self, lr: float, weight_decay: float, frontend_lr: float | None = None) -> list[dict]:
@@ -123,8 +149,12 @@ class CNN4(nn.Module):
         super().__init__()
         layers, previous = [], 3
         for width in channels:
-            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             previous = width
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(previous, num_classes)
@@ -142,8 +172,10 @@ def build_backbone(name: str, num_classes: int = 1000) -> nn.Module:
 
 def check_backbone_file(path: str | Path) -> None:
     """A backbone's state dict must be a local file (nothing is downloaded)."""
-    need(Path(path).expanduser().is_file(),
-         f"model.pretrained_path {str(path)!r} is not a file: give a local torchvision state dict")
+    need(
+        Path(path).expanduser().is_file(),
+        f"model.pretrained_path {str(path)!r} is not a file: give a local torchvision state dict",
+    )
 
 
 def _load_backbone(net: nn.Module, path: Path) -> None:

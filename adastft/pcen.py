@@ -56,11 +56,20 @@ class PCEN(nn.Module):
     Example: ``PCEN(128)(mel)`` for ``mel`` of shape ``(16, 128, 130)``.
     """
 
-    def __init__(self, n_bands: int, smoothing: float = SMOOTHING, alpha: float = ALPHA, delta: float = DELTA,
-                 root: float = ROOT, floor: float = FLOOR) -> None:
+    def __init__(
+        self,
+        n_bands: int,
+        smoothing: float = SMOOTHING,
+        alpha: float = ALPHA,
+        delta: float = DELTA,
+        root: float = ROOT,
+        floor: float = FLOOR,
+    ) -> None:
         super().__init__()
-        need(isinstance(n_bands, int) and not isinstance(n_bands, bool) and n_bands >= 1,
-             f"n_bands must be a positive integer, got {n_bands!r}")
+        need(
+            isinstance(n_bands, int) and not isinstance(n_bands, bool) and n_bands >= 1,
+            f"n_bands must be a positive integer, got {n_bands!r}",
+        )
         check_pcen_arguments(smoothing, alpha, delta, root, floor)
         self.n_bands, self.floor = n_bands, float(floor)
         self.initial = {"smoothing": smoothing, "alpha": alpha, "delta": delta, "root": root}  # as values() names them
@@ -72,8 +81,12 @@ class PCEN(nn.Module):
     def values(self) -> dict[str, torch.Tensor]:
         """The parameters as :func:`~adastft.functional.pcen` takes them, in range: ``{smoothing,
         alpha, delta, root}``, each ``(n_bands,)``."""
-        return {"smoothing": torch.sigmoid(self.smoothing_logit), "alpha": self.alpha.clamp(0.0, 1.0),
-                "delta": self.log_delta.exp(), "root": self.root.clamp(min=1.0)}
+        return {
+            "smoothing": torch.sigmoid(self.smoothing_logit),
+            "alpha": self.alpha.clamp(0.0, 1.0),
+            "delta": self.log_delta.exp(),
+            "root": self.root.clamp(min=1.0),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return AFN.pcen(x, **self.values(), floor=self.floor)

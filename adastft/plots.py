@@ -33,7 +33,10 @@ def plot_window(learned: torch.Tensor, initial: torch.Tensor, title: str = "wind
     ax_t.set_ylabel("amplitude")
     ax_t.set_title(f"{title}: time")
     ax_t.legend()
-    for w, name, style in ((initial, "initial", dict(color="0.5", linestyle="--")), (learned, "learned", dict(color="C0"))):
+    for w, name, style in (
+        (initial, "initial", dict(color="0.5", linestyle="--")),
+        (learned, "learned", dict(color="C0")),
+    ):
         freqs, db = window_response(w)
         m = window_metrics(w)
         label = f"{name}: main lobe {m['main_lobe_width_bins']:.2f} bins, side lobe {m['highest_side_lobe_db']:.1f} dB"
@@ -53,7 +56,7 @@ def plot_kernel_change(learned: torch.Tensor, initial: torch.Tensor, title: str 
 
     Colours are symmetric around zero; the title carries the relative L2 change.
     """
-    diff = (learned.detach().cpu().double() - initial.detach().cpu().double())
+    diff = learned.detach().cpu().double() - initial.detach().cpu().double()
     rel = float(diff.norm() / initial.detach().cpu().double().norm())
     bound = float(diff.abs().max()) or 1.0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -67,8 +70,9 @@ def plot_kernel_change(learned: torch.Tensor, initial: torch.Tensor, title: str 
     return fig
 
 
-def plot_pcen(learned: Mapping[str, torch.Tensor], initial: Mapping[str, float] | None = None,
-              title: str = "PCEN") -> Figure:
+def plot_pcen(
+    learned: Mapping[str, torch.Tensor], initial: Mapping[str, float] | None = None, title: str = "PCEN"
+) -> Figure:
     """PCEN's parameters per band, one panel each: ``learned`` as ``PCEN.values()`` gives them
     (``{"smoothing", "alpha", "delta", "root"}``, each ``(bands,)``), ``initial`` as dashed lines.
 
@@ -115,8 +119,15 @@ def plot_confusion(matrix, classes, title: str = "confusion matrix") -> Figure:
     for i in range(n):
         for j in range(n):
             if matrix[i, j]:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if matrix[i, j] > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[i, j] > peak / 2 else "black",
+                )
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_title(f"{title}: accuracy {accuracy:.3f}")
     fig.tight_layout()
@@ -132,8 +143,10 @@ def plot_curves(history: list[dict]) -> Figure:
     ax_l.set_yscale("log")
     ax_l.set_xlabel("epoch")
     ax_l.legend()
-    for key, label in (("val_clip_accuracy", "validation clip accuracy (vote)"),
-                       ("val_segment_accuracy", "validation segment accuracy")):
+    for key, label in (
+        ("val_clip_accuracy", "validation clip accuracy (vote)"),
+        ("val_segment_accuracy", "validation segment accuracy"),
+    ):
         ax_a.plot(epochs, [h[key] for h in history], marker="o", label=label)
     ax_a.set_ylim(0, 1)
     ax_a.set_xlabel("epoch")

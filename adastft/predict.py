@@ -84,14 +84,20 @@ class Predictor:
         probs = logits.softmax(-1).mean(1)[0]
         order = probs.argsort(descending=True)[:top]
         # Within the shown precision of the voted class, a class is as likely: the label would be a coin flip.
-        tied = [self.classes[i] for i in probs.argsort(descending=True).tolist()
-                if i != voted and abs(float(probs[voted] - probs[i])) < TIE]
+        tied = [
+            self.classes[i]
+            for i in probs.argsort(descending=True).tolist()
+            if i != voted and abs(float(probs[voted] - probs[i])) < TIE
+        ]
         note = ""
         if used == 1 and seconds * d.sample_rate < crop:
-            note = (f"{seconds:.2f} s is shorter than one segment ({crop / d.sample_rate:.2f} s): "
-                    "the rest of it is silence, a weak guess")
-        return Prediction(str(path), self.classes[voted], [(self.classes[i], float(probs[i])) for i in order],
-                          tied, note)
+            note = (
+                f"{seconds:.2f} s is shorter than one segment ({crop / d.sample_rate:.2f} s): "
+                "the rest of it is silence, a weak guess"
+            )
+        return Prediction(
+            str(path), self.classes[voted], [(self.classes[i], float(probs[i])) for i in order], tied, note
+        )
 
 
 def _locate(model: str, tracking_uri: str | None) -> Path:
@@ -121,10 +127,15 @@ def _locate(model: str, tracking_uri: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adastft-predict" if Path(sys.argv[0]).name == "adastft-predict" else "python -m adastft.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="adastft-predict" if Path(sys.argv[0]).name == "adastft-predict" else "python -m adastft.predict",
+        description=__doc__.splitlines()[0],
+    )
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, au, ...)")
     parser.add_argument("--model", required=True, help="checkpoint file, run folder, or MLflow URI (runs:/<id>)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ URIs (default sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow store for runs:/ URIs (default sqlite:///mlflow.db)"
+    )
     parser.add_argument("--top", type=int, default=3, help="how many genres to show per file")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

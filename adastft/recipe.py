@@ -30,7 +30,15 @@ from adastft.data import ClipStore, DataError, TrainCrops, prepare
 from adastft.evaluation import autocast, evaluate
 from adastft.memory import check_fits
 from adastft.model import AdaSTFTClassifier
-from adastft.run_tracking import end_run, last_row, log_frontends, log_results, open_run, sample_other_node, tracking_uri
+from adastft.run_tracking import (
+    end_run,
+    last_row,
+    log_frontends,
+    log_results,
+    open_run,
+    sample_other_node,
+    tracking_uri,
+)
 from adastft.schedule import build_scheduler
 from adastft.timing import PhaseTimer, totals
 from adastft.tracking import NullTracker, RunTracker, check_tracking_uri
@@ -109,7 +117,9 @@ def run(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> dict[s
         state.tracker.set_tags({"failure": str(exc)})
         raise
     except BaseException as exc:
-        if not isinstance(exc, Exception) and status != "FINISHED":  # SystemExit, KeyboardInterrupt: stopped from outside
+        if (
+            not isinstance(exc, Exception) and status != "FINISHED"
+        ):  # SystemExit, KeyboardInterrupt: stopped from outside
             status = "KILLED"
         raise
     finally:
@@ -132,13 +142,27 @@ def setup(cfg: Config, reporter: Reporter, ctx: distributed.DistContext) -> Trai
     optimizer = build_optimizer(cfg, model)
     loader = _train_loader(cfg, store, ctx)
     steps = len(loader) if cfg.train.max_batches is None else min(len(loader), cfg.train.max_batches)
-    scheduler, per_step = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.gamma, cfg.optim.warmup_epochs,
-                                          cfg.train.epochs, steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    scheduler, per_step = build_scheduler(
+        optimizer, cfg.optim.schedule, cfg.optim.gamma, cfg.optim.warmup_epochs, cfg.train.epochs, steps
+    )
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
     augment = build_augment(cfg)
-    state = TrainState(cfg, ctx, reporter, store, model, optimizer, scheduler, per_step, scaler,
-                       augment.to(device) if augment is not None else None, loader, mixup=build_mixup(cfg))
+    state = TrainState(
+        cfg,
+        ctx,
+        reporter,
+        store,
+        model,
+        optimizer,
+        scheduler,
+        per_step,
+        scaler,
+        augment.to(device) if augment is not None else None,
+        loader,
+        mixup=build_mixup(cfg),
+    )
     run_id = cfg.tracking.run_id
     if cfg.train.resume and (state.out_dir / "last.pt").exists():
         run_id = _resume(state) or run_id
@@ -153,19 +177,32 @@ def _check_splits(store: ClipStore, cfg: Config) -> None:
     """Every split a run uses has clips (before training: testing comes at the end)."""
     for split in ("train", "val", "test"):
         if not len(store.indices(split)):
-            fix = (f"add a {split!r} list to data.split_files" if cfg.data.split_files else
-                   f"raise data.{split}_fraction" if split != "train" else "lower data.val_fraction + data.test_fraction")
+            fix = (
+                f"add a {split!r} list to data.split_files"
+                if cfg.data.split_files
+                else f"raise data.{split}_fraction"
+                if split != "train"
+                else "lower data.val_fraction + data.test_fraction"
+            )
             raise DataError(f"the {split} split of {Path(store.path).name} has no clip: {fix}")
 
 
 def _train_loader(cfg: Config, store: ClipStore, ctx: distributed.DistContext) -> DataLoader:
-    crops = TrainCrops(store, split="train", parts=cfg.data.parts, seed=cfg.data.seed,
-                       crops_per_clip=cfg.data.crops_per_clip)
-    sampler = DistributedSampler(crops, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=ctx.distributed)
+    crops = TrainCrops(
+        store, split="train", parts=cfg.data.parts, seed=cfg.data.seed, crops_per_clip=cfg.data.crops_per_clip
+    )
+    sampler = DistributedSampler(
+        crops, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.train.seed, drop_last=ctx.distributed
+    )
     drop_last = len(crops) // ctx.world_size > cfg.data.batch_size  # BatchNorm needs batches > 1
-    return DataLoader(crops, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
+    return DataLoader(
+        crops,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=cfg.data.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
 
 
 def _resume(state: TrainState) -> str | None:
@@ -209,11 +246,22 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
     if not state.per_step:
         state.scheduler.step()
     with timer.phase("eval"):
-        val = evaluate(model, state.store, "val", cfg.data.parts, cfg.data.eval_batch_size, ctx.device, ctx,
-                       cfg.data.vote, state.amp, cfg.data.eval_parts)
+        val = evaluate(
+            model,
+            state.store,
+            "val",
+            cfg.data.parts,
+            cfg.data.eval_batch_size,
+            ctx.device,
+            ctx,
+            cfg.data.vote,
+            state.amp,
+            cfg.data.eval_parts,
+        )
     if not math.isfinite(val.loss):  # the last step of the epoch can break the weights
-        raise NonFiniteLoss(f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: "
-                            "lower optim.lr or check the data")
+        raise NonFiniteLoss(
+            f"non-finite validation loss ({val.loss}) after epoch {epoch + 1}: lower optim.lr or check the data"
+        )
     fronts = model.frontends()
     metrics = {
         "epoch": float(epoch),
@@ -222,8 +270,11 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
         "lr": lr,
         "window_change": sum(f.window_change() for f in fronts) / len(fronts),
         "kernel_change": sum(f.kernel_change() for f in fronts) / len(fronts),
-        **({"win_length": sum(float(f.current_win_length().detach()) for f in fronts) / len(fronts)}
-           if cfg.stft.learn_win_length else {}),
+        **(
+            {"win_length": sum(float(f.current_win_length().detach()) for f in fronts) / len(fronts)}
+            if cfg.stft.learn_win_length
+            else {}
+        ),
         **timer.drain(),
     }
     improved = val.clip_accuracy > state.best_acc
@@ -238,9 +289,16 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
             state.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         with timer.phase("checkpoint"):
             _save(state, epoch, val.confusion, improved)
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
-                 epoch + 1, cfg.train.epochs, train_loss, val.loss, val.clip_accuracy,
-                 val.segment_accuracy, metrics["epoch_seconds"])
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %.4f  val clip acc %.3f  seg acc %.3f  (%.1f s)",
+            epoch + 1,
+            cfg.train.epochs,
+            train_loss,
+            val.loss,
+            val.clip_accuracy,
+            val.segment_accuracy,
+            metrics["epoch_seconds"],
+        )
     ctx.barrier()
     return metrics
 
@@ -248,19 +306,30 @@ def run_epoch(state: TrainState, epoch: int) -> dict[str, float]:
 def _set_learning(state: TrainState, epoch: int) -> None:
     stft = state.cfg.stft
     on = epoch >= stft.learn_after_epoch
-    switches = (stft.learn_window and on, stft.learn_kernel and on, stft.learn_compression and on,
-                stft.learn_win_length and on)
+    switches = (
+        stft.learn_window and on,
+        stft.learn_kernel and on,
+        stft.learn_compression and on,
+        stft.learn_win_length and on,
+    )
     if switches == state.switches:
         return
     state.switches = switches
     # AdaSTFT or AdaSTFTBank; the window's length exists to learn only in a layer built with it
-    state.model.frontend.set_learning(window=switches[0], kernel=switches[1], compression=switches[2],
-                                      win_length=switches[3] if stft.learn_win_length else None)
+    state.model.frontend.set_learning(
+        window=switches[0],
+        kernel=switches[1],
+        compression=switches[2],
+        win_length=switches[3] if stft.learn_win_length else None,
+    )
     # DDP fixes the set of gradient-carrying parameters when it is built: rebuild it whenever
     # the front end's learning switches change.
     device = state.ctx.device
-    state.net = DistributedDataParallel(state.model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if state.ctx.distributed else state.model
+    state.net = (
+        DistributedDataParallel(state.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if state.ctx.distributed
+        else state.model
+    )
 
 
 def _train_steps(state: TrainState) -> float:
@@ -281,7 +350,9 @@ def _train_steps(state: TrainState) -> float:
         with autocast(device, state.amp):
             loss = nn.functional.cross_entropy(net(x).float(), target)
         if ctx.any(not bool(torch.isfinite(loss))):
-            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
+            raise NonFiniteLoss(
+                f"non-finite training loss ({loss.item()}) at step {step}: lower optim.lr or check the data"
+            )
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
@@ -290,7 +361,9 @@ def _train_steps(state: TrainState) -> float:
             state.scheduler.step()
         if heartbeat is not None:
             heartbeat()
-        total += torch.stack([loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+        total += torch.stack(
+            [loss.detach().double() * y.shape[0], torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)]
+        )
     ctx.all_reduce_sum(total)
     return float(total[0] / max(total[1], 1))
 
@@ -311,10 +384,17 @@ def _save(state: TrainState, epoch: int, val_confusion: np.ndarray, improved: bo
     # No RNG state: every epoch reseeds (_epoch_seed) before it draws anything, so a resumed run
     # draws what the uninterrupted one drew without it (tests/test_training.py pins this).
     checkpoint = {
-        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(), "epoch": epoch,
-        "best_val_clip_accuracy": state.best_acc, "best_epoch": state.best_epoch, "history": state.history,
-        "config": state.cfg.to_dict(), "classes": list(state.store.classes), "mlflow_run_id": state.tracker.run_id,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "epoch": epoch,
+        "best_val_clip_accuracy": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "config": state.cfg.to_dict(),
+        "classes": list(state.store.classes),
+        "mlflow_run_id": state.tracker.run_id,
         "val_confusion": torch.from_numpy(val_confusion),
     }
     last, best = state.out_dir / "last.pt", state.out_dir / "best.pt"
@@ -336,7 +416,9 @@ def finish(state: TrainState, metrics: dict[str, float]) -> dict[str, float]:
 
 def _test_best(state: TrainState) -> dict[str, float]:
     cfg, ctx, model, tracker = state.cfg, state.ctx, state.model, state.tracker
-    log_frontends(tracker, model, "last", cfg.tracking.tensor_formats, plots_too=False)  # before the best weights replace them
+    log_frontends(
+        tracker, model, "last", cfg.tracking.tensor_formats, plots_too=False
+    )  # before the best weights replace them
     best_path = state.out_dir / "best.pt"
     ctx.barrier()
     best = load_checkpoint(best_path, map_location=ctx.device) if best_path.exists() else None
@@ -344,17 +426,42 @@ def _test_best(state: TrainState) -> dict[str, float]:
         model.load_state_dict(best["model"])
     with state.timer.phase("eval"):
         # every part, whatever data.eval_parts: the test runs once, and its number is the one compared
-        test = evaluate(model, state.store, "test", cfg.data.parts, cfg.data.eval_batch_size, ctx.device, ctx,
-                        cfg.data.vote, state.amp)
+        test = evaluate(
+            model,
+            state.store,
+            "test",
+            cfg.data.parts,
+            cfg.data.eval_batch_size,
+            ctx.device,
+            ctx,
+            cfg.data.vote,
+            state.amp,
+        )
     results = {**test.metrics("test"), "best_val_clip_accuracy": max(h["val_clip_accuracy"] for h in state.history)}
     if not ctx.is_main:
         return results
     tracker.log_metrics(results, step=len(state.history))
     best_model = state.out_dir / "best_model.pt"
     if best is not None:
-        save_checkpoint({"model": best["model"], "config": cfg.to_dict(), "classes": list(state.store.classes),
-                         "epoch": best["epoch"]}, best_model, durable=state.durable)
+        save_checkpoint(
+            {
+                "model": best["model"],
+                "config": cfg.to_dict(),
+                "classes": list(state.store.classes),
+                "epoch": best["epoch"],
+            },
+            best_model,
+            durable=state.durable,
+        )
     if tracker.active:
-        log_results(tracker, cfg, model, state.store.classes, state.history, test.confusion,
-                    best["val_confusion"].numpy() if best is not None else None, best_model)
+        log_results(
+            tracker,
+            cfg,
+            model,
+            state.store.classes,
+            state.history,
+            test.confusion,
+            best["val_confusion"].numpy() if best is not None else None,
+            best_model,
+        )
     return results

@@ -19,8 +19,14 @@ from adastft import distributed, plots
 from adastft.config import Config
 from adastft.model import AdaSTFTClassifier
 from adastft.timing import PhaseTimer, totals
-from adastft.tracking import (RunTracker, Tracker, default_tracking_uri, start_system_metrics, stop_system_metrics,
-                              ui_link)
+from adastft.tracking import (
+    RunTracker,
+    Tracker,
+    default_tracking_uri,
+    start_system_metrics,
+    stop_system_metrics,
+    ui_link,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +39,21 @@ def tracking_uri(cfg: Config) -> str:
 
 def open_run(cfg: Config, classes: Sequence[str], train_clips: int, run_id: str | None, start_epoch: int) -> Tracker:
     """The run's MLflow run: new, or ``run_id`` resumed at ``start_epoch``; its params once, at the start."""
-    tags = {"experiment": cfg.name, "learn_window": str(cfg.stft.learn_window),
-            "learn_kernel": str(cfg.stft.learn_kernel), "learn_win_length": str(cfg.stft.learn_win_length),
-            "n_frontends": str(cfg.model.n_frontends),
-            **cfg.tracking.tags}
+    tags = {
+        "experiment": cfg.name,
+        "learn_window": str(cfg.stft.learn_window),
+        "learn_kernel": str(cfg.stft.learn_kernel),
+        "learn_win_length": str(cfg.stft.learn_win_length),
+        "n_frontends": str(cfg.model.n_frontends),
+        **cfg.tracking.tags,
+    }
     tracker = Tracker(
-        tracking_uri(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.name,
-        tags=tags, parent_run_id=cfg.tracking.parent_run_id, run_id=run_id,
+        tracking_uri(cfg),
+        cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name or cfg.name,
+        tags=tags,
+        parent_run_id=cfg.tracking.parent_run_id,
+        run_id=run_id,
         system_metrics_interval=cfg.tracking.system_metrics_interval,
     )
     if run_id is not None:
@@ -59,9 +73,14 @@ def _note_redone_epochs(tracker: Tracker, start_epoch: int) -> None:
     earlier = tracker.tag(REDONE_TAG)
     steps = sorted(redone | {int(s) for s in (earlier or "").split(",") if s.strip().isdigit()})
     tracker.set_tags({REDONE_TAG: ",".join(map(str, steps))})
-    log.warning("MLflow run %s already has epochs %s past the checkpoint it resumes from (step %d): they are "
-                "trained and logged again; both points stay (tag %s)", tracker.run_id,
-                ",".join(str(s + 1) for s in sorted(redone)), start_epoch, REDONE_TAG)
+    log.warning(
+        "MLflow run %s already has epochs %s past the checkpoint it resumes from (step %d): they are "
+        "trained and logged again; both points stay (tag %s)",
+        tracker.run_id,
+        ",".join(str(s + 1) for s in sorted(redone)),
+        start_epoch,
+        REDONE_TAG,
+    )
 
 
 def end_run(tracker: RunTracker, node_sampler, status: str) -> None:
@@ -89,7 +108,9 @@ def sample_other_node(cfg: Config, ctx: distributed.DistContext, tracker: RunTra
     return start_system_metrics(ranks[0][1], tracking_uri(cfg), cfg.tracking.system_metrics_interval, resume=True)
 
 
-def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequence[str], plots_too: bool = True) -> None:
+def log_frontends(
+    tracker, model: AdaSTFTClassifier, which: str, formats: Sequence[str], plots_too: bool = True
+) -> None:
     """Log each front end's window and kernel as ``tensors/[frontendI_]{window,kernel}_<which>``
     in ``formats`` (``npy``, ``pt``), with PCEN its per-band values (in range) as
     ``tensors/[frontendI_]pcen_{smoothing,alpha,delta,root}_<which>``, and, with ``plots_too``, its
@@ -108,29 +129,45 @@ def log_frontends(tracker, model: AdaSTFTClassifier, which: str, formats: Sequen
         for name, values in pcen.items():
             tracker.log_tensor(f"{prefix}pcen_{name}_{which}", values, formats=formats)
         if plots_too:
-            length = f", length {float(front.current_win_length().detach()):.1f}" if front.log_win_scale is not None else ""
-            tracker.log_figure(plots.plot_window(window, front.initial_window,
-                                                 title=f"{prefix}window ({which}{length})"),
-                               f"plots/{prefix}window.png")
-            tracker.log_figure(plots.plot_kernel_change(front.kernel, front.initial_kernel,
-                                                        title=f"{prefix}kernel change ({which})"),
-                               f"plots/{prefix}kernel_change.png")
+            length = (
+                f", length {float(front.current_win_length().detach()):.1f}" if front.log_win_scale is not None else ""
+            )
+            tracker.log_figure(
+                plots.plot_window(window, front.initial_window, title=f"{prefix}window ({which}{length})"),
+                f"plots/{prefix}window.png",
+            )
+            tracker.log_figure(
+                plots.plot_kernel_change(front.kernel, front.initial_kernel, title=f"{prefix}kernel change ({which})"),
+                f"plots/{prefix}kernel_change.png",
+            )
             if pcen:
-                tracker.log_figure(plots.plot_pcen(pcen, front.pcen.initial, title=f"{prefix}PCEN ({which})"),
-                                   f"plots/{prefix}pcen.png")
+                tracker.log_figure(
+                    plots.plot_pcen(pcen, front.pcen.initial, title=f"{prefix}PCEN ({which})"),
+                    f"plots/{prefix}pcen.png",
+                )
 
 
-def log_results(tracker: Tracker, cfg: Config, model: nn.Module, classes: Sequence[str], history: list[dict],
-                test_confusion: np.ndarray, best_val_confusion: np.ndarray | None, best_model: Path) -> None:
+def log_results(
+    tracker: Tracker,
+    cfg: Config,
+    model: nn.Module,
+    classes: Sequence[str],
+    history: list[dict],
+    test_confusion: np.ndarray,
+    best_val_confusion: np.ndarray | None,
+    best_model: Path,
+) -> None:
     """The end of a run (``model`` holding the best weights): its front ends, the confusion
     matrices, the learning curves, the config, the best model's checkpoint and, with
     ``tracking.log_model``, the model itself."""
     log_frontends(tracker, model, "best", cfg.tracking.tensor_formats)
     if best_val_confusion is not None:
-        tracker.log_figure(plots.plot_confusion(best_val_confusion, classes, "validation (best epoch)"),
-                           "plots/confusion_val_best.png")
-    tracker.log_figure(plots.plot_confusion(test_confusion, classes, "test (best checkpoint)"),
-                       "plots/confusion_test.png")
+        tracker.log_figure(
+            plots.plot_confusion(best_val_confusion, classes, "validation (best epoch)"), "plots/confusion_val_best.png"
+        )
+    tracker.log_figure(
+        plots.plot_confusion(test_confusion, classes, "test (best checkpoint)"), "plots/confusion_test.png"
+    )
     tracker.log_figure(plots.plot_curves(history), "plots/learning_curves.png")
     tracker.log_dict(cfg.to_dict(), "config.yaml")
     if best_model.exists():

@@ -34,15 +34,25 @@ def check_schedule(schedule: str, gamma: float, warmup_epochs: float) -> None:
     """The arguments :func:`build_scheduler` takes from a config, checked without an optimiser."""
     one_of("schedule", schedule, SCHEDULES)
     need(isinstance(gamma, (int, float)) and 0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma!r}")
-    need(isinstance(warmup_epochs, (int, float)) and warmup_epochs >= 0,
-         f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
-    need(not warmup_epochs or schedule == "cosine",
-         f"warmup_epochs={warmup_epochs:g} needs schedule=cosine (the {schedule} schedule has no warm-up): "
-         "set schedule=cosine or warmup_epochs=0")
+    need(
+        isinstance(warmup_epochs, (int, float)) and warmup_epochs >= 0,
+        f"warmup_epochs must be >= 0, got {warmup_epochs!r}",
+    )
+    need(
+        not warmup_epochs or schedule == "cosine",
+        f"warmup_epochs={warmup_epochs:g} needs schedule=cosine (the {schedule} schedule has no warm-up): "
+        "set schedule=cosine or warmup_epochs=0",
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, gamma: float, warmup_epochs: float, epochs: int,
-                    steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    gamma: float,
+    warmup_epochs: float,
+    epochs: int,
+    steps_per_epoch: int,
+) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
     """The scheduler ``schedule`` names (``exponential`` or ``cosine``) and whether it is stepped
     per optimiser step (cosine) rather than per epoch (exponential). The cosine's warm-up lasts
     ``warmup_epochs``, at most half of the ``epochs``; the decay reaches 0 at the end of ``epochs``."""

@@ -92,8 +92,9 @@ def compose(overrides: list[str], config_dirs: Sequence[str] = (), sections: Seq
         raise ConfigError(f"{where} is not valid YAML: {getattr(exc, 'problem', None) or _first_line(exc)}") from None
     except (HydraException, OmegaConfBaseException) as exc:
         failed = getattr(exc.__cause__, "full_key", None)  # a key we know, missing from the composed config
-        new = next((text for text, o in parsed.items()
-                    if o.key_or_group == failed and o.type == OverrideType.CHANGE), None)
+        new = next(
+            (text for text, o in parsed.items() if o.key_or_group == failed and o.type == OverrideType.CHANGE), None
+        )
         if new:  # a new key inside a mapping (tracking.tags.team), as Hydra would say in its second line
             raise ConfigError(f"{failed} is not in the composed config: add it with +{new}") from None
         raise ConfigError(_first_line(exc)) from None
@@ -147,8 +148,10 @@ def precheck(argv: list[str]) -> Config | None:
         raise ConfigError(f"train.out_dir {str(out_dir)!r} is a file, not a folder")
     existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"train.out_dir {str(out_dir)!r} cannot be made: {existing} is "
-                          f"{'a file' if not existing.is_dir() else 'not writable'}; give another folder")
+        raise ConfigError(
+            f"train.out_dir {str(out_dir)!r} cannot be made: {existing} is "
+            f"{'a file' if not existing.is_dir() else 'not writable'}; give another folder"
+        )
     if cfg.model.pretrained_path:  # before the data is decoded
         from adastft.model import check_backbone_file
 
@@ -206,8 +209,10 @@ class _StopsOnSignal:
 def interrupted_line(argv: list[str], signum: int) -> str:
     """The one line of a run stopped by ``signum``: the command that resumes it from ``last.pt``."""
     again = [a for a in argv if not a.startswith(("train.resume=", "+train.resume=", "++train.resume="))]
-    return (f"adastft.train: interrupted ({signal.Signals(signum).name}): stopped between checkpoints, last.pt "
-            f"and best.pt are whole; resume with: {shlex.join(['python', '-m', 'adastft.train', *again])}")
+    return (
+        f"adastft.train: interrupted ({signal.Signals(signum).name}): stopped between checkpoints, last.pt "
+        f"and best.pt are whole; resume with: {shlex.join(['python', '-m', 'adastft.train', *again])}"
+    )
 
 
 def main() -> None:

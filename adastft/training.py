@@ -28,8 +28,20 @@ from adastft.recipe import NonFiniteLoss, seed_everything
 from adastft.run_tracking import log_frontends, samples_its_node
 
 __all__ = [
-    "EPOCH_METRICS", "EvalResult", "NonFiniteLoss", "NullReporter", "Reporter", "build_augment", "build_mixup",
-    "build_model", "build_optimizer", "evaluate", "log_frontends", "samples_its_node", "seed_everything", "train",
+    "EPOCH_METRICS",
+    "EvalResult",
+    "NonFiniteLoss",
+    "NullReporter",
+    "Reporter",
+    "build_augment",
+    "build_mixup",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "log_frontends",
+    "samples_its_node",
+    "seed_everything",
+    "train",
 ]
 
 
@@ -56,9 +68,20 @@ class NullReporter:
 
 # What train() reports every epoch, besides "epoch": a search's metric must be one of these
 # (tests/reliability/test_search_checks.py compares them with a real run's reports).
-EPOCH_METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
-                 "kernel_change", "epoch_seconds", "best_val_clip_accuracy", "best_epoch",
-                 *(timing.metric(p) for p in timing.PHASES), *timing.TOTALS)
+EPOCH_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_clip_accuracy",
+    "val_segment_accuracy",
+    "lr",
+    "window_change",
+    "kernel_change",
+    "epoch_seconds",
+    "best_val_clip_accuracy",
+    "best_epoch",
+    *(timing.metric(p) for p in timing.PHASES),
+    *timing.TOTALS,
+)
 
 
 def train(cfg: Config | Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, float]:

@@ -77,8 +77,10 @@ def main() -> None:
             for way in ways:
                 for improved in (True, False):
                     times[(way, improved)].append(epoch(state, folder, way, improved))
-    print(f"checkpoint of one epoch, {size / 1e6:.0f} MB state (ResNet-18 + AdamW), median of {args.repeats}, "
-          f"in {args.dir or tempfile.gettempdir()}")
+    print(
+        f"checkpoint of one epoch, {size / 1e6:.0f} MB state (ResNet-18 + AdamW), median of {args.repeats}, "
+        f"in {args.dir or tempfile.gettempdir()}"
+    )
     print(f"  {'':14s} {'improved':>10s} {'not':>10s} {'improved vs two writes':>24s}")
     base = statistics.median(times[("two writes", True)])
     for way in ways:

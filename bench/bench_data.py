@@ -135,8 +135,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="model training steps timed")
     args = parser.parse_args()
 
-    spec = DataSpec(source="synthetic", cache_dir=args.cache_dir, sample_rate=22050, clip_seconds=30.0,
-                    synthetic_clips_per_class=args.clips_per_class)
+    spec = DataSpec(
+        source="synthetic",
+        cache_dir=args.cache_dir,
+        sample_rate=22050,
+        clip_seconds=30.0,
+        synthetic_clips_per_class=args.clips_per_class,
+    )
     start = time.perf_counter()
     path = prepare_elsewhere(spec)
     size = os.path.getsize(path)
@@ -147,13 +152,17 @@ def main() -> None:
     for readers in (1, 2):
         rows = reader_memory(path, readers)
         for pid, uss0, pss0, uss1, pss1, _ in rows:
-            print(f"  {readers} reader(s), pid {pid}: USS +{(uss1 - uss0) / MB:6.1f} MiB "
-                  f"({(uss1 - uss0) / size:6.1%} of cache), PSS +{(pss1 - pss0) / MB:6.1f} MiB "
-                  f"({(pss1 - pss0) / size:6.1%}); base USS {uss0 / MB:.0f} MiB")
+            print(
+                f"  {readers} reader(s), pid {pid}: USS +{(uss1 - uss0) / MB:6.1f} MiB "
+                f"({(uss1 - uss0) / size:6.1%} of cache), PSS +{(pss1 - pss0) / MB:6.1f} MiB "
+                f"({(pss1 - pss0) / size:6.1%}); base USS {uss0 / MB:.0f} MiB"
+            )
         if readers > 1:
             worst = max((uss1 - uss0) / size for _, uss0, _, uss1, _, _ in rows)
-            print(f"  with {readers} readers, worst USS growth {worst:.1%} of cache; target <= 10%: "
-                  f"{'PASS' if worst <= 0.10 else 'FAIL'}")
+            print(
+                f"  with {readers} readers, worst USS growth {worst:.1%} of cache; target <= 10%: "
+                f"{'PASS' if worst <= 0.10 else 'FAIL'}"
+            )
 
     store = prepare(spec)  # reuses the cache; from here on this process maps it too
     crop = store.clip_samples // args.parts
@@ -164,10 +173,13 @@ def main() -> None:
     print(f"\nthroughput at crop {crop} samples ({crop / 22050:.2f} s), batch {args.batch}:")
     for w, rate in loader.items():
         print(f"  loader, num_workers={w}: {rate:10.0f} samples/s")
-    print(f"  model (AdaSTFT + resnet18 fwd+bwd+AdamW, CPU): {model:10.1f} samples/s "
-          f"({model / args.batch:.2f} steps/s)")
+    print(
+        f"  model (AdaSTFT + resnet18 fwd+bwd+AdamW, CPU): {model:10.1f} samples/s ({model / args.batch:.2f} steps/s)"
+    )
     ratio = loader[best] / model
-    print(f"  ratio loader/model: {ratio:.0f}x (num_workers={best})  target >= 20x: {'PASS' if ratio >= 20 else 'FAIL'}")
+    print(
+        f"  ratio loader/model: {ratio:.0f}x (num_workers={best})  target >= 20x: {'PASS' if ratio >= 20 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ class GpuSampler:
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            self._samples.append(statistics.mean(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu
-                                                 for h in self._handles))
+            self._samples.append(
+                statistics.mean(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles)
+            )
 
     def __enter__(self) -> "GpuSampler":
         self._thread.start()
@@ -66,11 +67,20 @@ def main() -> None:
         for gpus in args.packings:
             name = f"pack-{gpus:g}"
             with GpuSampler() as sampler:
-                study = run_study(Path(tmp) / name, name, args.trials, "--gpus-per-trial", f"{gpus:g}",
-                                  "--scheduler", "none", *QUICKSTART)
+                study = run_study(
+                    Path(tmp) / name,
+                    name,
+                    args.trials,
+                    "--gpus-per-trial",
+                    f"{gpus:g}",
+                    "--scheduler",
+                    "none",
+                    *QUICKSTART,
+                )
             rows.append((gpus, study.wall_s, 3600 * args.trials / study.wall_s, sampler.mean(), study.shares()))
-    print(f"{args.trials} trials of the quickstart study on {torch.cuda.device_count()} x "
-          f"{torch.cuda.get_device_name(0)}")
+    print(
+        f"{args.trials} trials of the quickstart study on {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    )
     print(f"{'GPU/trial':>9} {'wall s':>8} {'trials/h':>9} {'GPU util %':>11}  time in trials")
     for gpus, wall, per_hour, util, where in rows:
         print(f"{gpus:>9g} {wall:>8.0f} {per_hour:>9.0f} {util:>11.0f}  {where}")

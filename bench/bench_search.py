@@ -75,8 +75,14 @@ EPOCHS = 3
 
 def noop_train(cfg: Config, reporter) -> dict:
     """Everything train() does around the arithmetic: tracking, checkpoints, reports."""
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                      tags=cfg.tracking.tags, parent_run_id=cfg.tracking.parent_run_id, run_id=cfg.tracking.run_id)
+    tracker = Tracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name,
+        tags=cfg.tracking.tags,
+        parent_run_id=cfg.tracking.parent_run_id,
+        run_id=cfg.tracking.run_id,
+    )
     tracker.log_params(cfg.to_dict())
     out = Path(cfg.train.out_dir)
     durable = not getattr(reporter, "persists_checkpoints", False)  # as train(): Tune keeps its copy
@@ -100,12 +106,13 @@ def bare_trial_checkpointed(config: dict) -> None:
     for epoch in range(EPOCHS):
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "last.pt").write_bytes(b"\0" * 1024)
-            ray_tune.report({"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch},
-                            checkpoint=ray_tune.Checkpoint.from_directory(tmp))
+            ray_tune.report(
+                {"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch},
+                checkpoint=ray_tune.Checkpoint.from_directory(tmp),
+            )
 
 
-def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                       params: dict) -> None:
+def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, parent_run_id: str, params: dict) -> None:
     """E plus the MLflow child run ours makes, written with MLflow's client directly: the least any
     tracked trainable with a checkpoint per epoch costs (no config, no retry bookkeeping, no
     queueing, no atomic checkpoint writes), so D/F is what our machinery adds."""
@@ -115,8 +122,11 @@ def bare_trial_tracked(config: dict, tracking_uri: str, experiment_id: str, pare
 
     client = MlflowClient(tracking_uri)
     trial_id = ray_tune.get_context().get_trial_id()
-    run_id = client.create_run(experiment_id, run_name=f"bare-{trial_id}", tags={
-        "mlflow.parentRunId": parent_run_id, "tune_trial_id": trial_id}).info.run_id
+    run_id = client.create_run(
+        experiment_id,
+        run_name=f"bare-{trial_id}",
+        tags={"mlflow.parentRunId": parent_run_id, "tune_trial_id": trial_id},
+    ).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
     for epoch in range(EPOCHS):
         metrics = {"val_loss": 1.0 / (epoch + 1), "val_clip_accuracy": 0.1 * epoch}
@@ -146,8 +156,9 @@ def timed_fit(trainable, trials: int, storage: str, name: str, concurrent: int, 
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=reuse),  # True: as tune/run.py
         # as tune/run.py: one checkpoint kept per trial (Tune then saves its experiment state after
         # each checkpoint; a trainable that reports none pays nothing for it)
-        run_config=ray_tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1)),
+        run_config=ray_tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1)
+        ),
     ).fit()
     return time.perf_counter() - started
 
@@ -161,17 +172,33 @@ def curve(config: dict) -> None:
 
 
 def asha_epochs(trials: int, storage: str, scheduler, name: str) -> int:
-    spec = SearchSpec(metric="val_clip_accuracy", mode="max", space={
-        "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
-        "stft.learn_window": {"type": "categorical", "choices": [True, False]}})
+    spec = SearchSpec(
+        metric="val_clip_accuracy",
+        mode="max",
+        space={
+            "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
+            "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+        },
+    )
     searcher = PrunedAwareOptunaSearch(
-        space=spec.define_by_run(), metric=spec.metric, mode=spec.mode,
+        space=spec.define_by_run(),
+        metric=spec.metric,
+        mode=spec.mode,
         sampler=TPESampler(seed=0, n_startup_trials=8, multivariate=True, constant_liar=True),
-        study_name=name, storage=optuna.storages.RDBStorage(f"sqlite:///{storage}/{name}.db"), max_epochs=16)
+        study_name=name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{storage}/{name}.db"),
+        max_epochs=16,
+    )
     results = ray_tune.Tuner(
         ray_tune.with_resources(curve, {"cpu": 0.5}),
-        tune_config=ray_tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=trials, max_concurrent_trials=4),
+        tune_config=ray_tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=trials,
+            max_concurrent_trials=4,
+        ),
         run_config=ray_tune.RunConfig(name=name, storage_path=storage, verbose=0),
     ).fit()
     return sum(int(r.metrics.get("training_iteration", 0)) for r in results)
@@ -179,9 +206,14 @@ def asha_epochs(trials: int, storage: str, scheduler, name: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, nargs="+", default=[16, 100],
-                        help="study sizes for the overhead; the target is judged at the largest (default 16 100: "
-                             "100 is the main command's)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        nargs="+",
+        default=[16, 100],
+        help="study sizes for the overhead; the target is judged at the largest (default 16 100: "
+        "100 is the main command's)",
+    )
     parser.add_argument("--asha-trials", type=int, default=32)
     parser.add_argument("--real-trials", type=int, default=16, help="trials of the real study (part 3; 0: skip)")
     parser.add_argument("--real-only", action="store_true", help="part 3 alone")
@@ -205,16 +237,31 @@ def main() -> None:
 # trials are TPE's start-up trials), so that the trials spread over the space as a study's early
 # trials do, rather than crowding where TPE converges.
 FIDELITY_SPACE = {
-    "metric": "val_clip_accuracy", "mode": "max", "seed": 0, "n_startup_trials": 1000,
-    "space": {"optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
-              "optim.name": {"type": "categorical", "choices": ["sgd", "adamw"]},
-              "data.augment": {"type": "categorical", "choices": [True, False]},
-              "stft.learn_window": {"type": "categorical", "choices": [True, False]},
-              "stft.learn_kernel": {"type": "categorical", "choices": [True, False]}},
+    "metric": "val_clip_accuracy",
+    "mode": "max",
+    "seed": 0,
+    "n_startup_trials": 1000,
+    "space": {
+        "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
+        "optim.name": {"type": "categorical", "choices": ["sgd", "adamw"]},
+        "data.augment": {"type": "categorical", "choices": [True, False]},
+        "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+        "stft.learn_kernel": {"type": "categorical", "choices": [True, False]},
+    },
 }
-FIDELITY = ["--scheduler", "none", "experiment=quickstart",
-            "data.synthetic_clips_per_class=20", "data.clip_seconds=4.0", "data.sample_rate=11025", "data.parts=4",
-            "stft.n_fft=512", "stft.hop_length=256", "stft.n_mels=48", "tracking.log_model=false"]
+FIDELITY = [
+    "--scheduler",
+    "none",
+    "experiment=quickstart",
+    "data.synthetic_clips_per_class=20",
+    "data.clip_seconds=4.0",
+    "data.sample_rate=11025",
+    "data.parts=4",
+    "stft.n_fft=512",
+    "stft.hop_length=256",
+    "stft.n_mels=48",
+    "tracking.log_model=false",
+]
 
 
 def rank_fidelity(trials: int, epochs: int) -> None:
@@ -242,10 +289,14 @@ def rank_fidelity(trials: int, epochs: int) -> None:
             curves.append(curve)
             finals.append(max(curve))
             tests.append(rows[-1]["test_clip_accuracy"])
-    print(f"rank fidelity: {len(curves)} trials of {epochs} epochs, all run to the end ({study.wall_s:.0f} s); "
-          f"final val clip accuracy {min(finals):.2f}..{max(finals):.2f} (best epoch), test {min(tests):.2f}..{max(tests):.2f}")
-    print(f"Spearman correlation between the ranking by what a trial reports at ASHA's rungs (grace {sched.grace_period}, "
-          f"reduction {sched.reduction_factor}) and the final ranking")
+    print(
+        f"rank fidelity: {len(curves)} trials of {epochs} epochs, all run to the end ({study.wall_s:.0f} s); "
+        f"final val clip accuracy {min(finals):.2f}..{max(finals):.2f} (best epoch), test {min(tests):.2f}..{max(tests):.2f}"
+    )
+    print(
+        f"Spearman correlation between the ranking by what a trial reports at ASHA's rungs (grace {sched.grace_period}, "
+        f"reduction {sched.reduction_factor}) and the final ranking"
+    )
     header = "".join(f"{'rung ' + str(r):>12s}" for r in rungs)
     for final_name, final in (("best val clip accuracy", finals), ("test clip accuracy of the best checkpoint", tests)):
         print(f"  final ranking by {final_name}")
@@ -268,33 +319,59 @@ def real_study(trials: int) -> None:
     print(f"{trials}-trial quickstart study (synthetic set, default model, ASHA) on {cores} CPUs: {study.wall_s:.0f} s")
     print(f"  time in trials' epochs: {study.shares()}")
     print(f"  machine CPU time (wall x cores) {machine:.0f} s:")
-    for label, seconds in (("in trials' epochs", epochs),
-                           ("in trials, before their first epoch (data cache, model, MLflow run)",
-                            in_trials - epochs),
-                           ("outside trials (Ray start, trial processes, scheduling gaps, pruned trials' runs "
-                            "closed by the driver, the summary, idle slots)", machine - in_trials)):
+    for label, seconds in (
+        ("in trials' epochs", epochs),
+        ("in trials, before their first epoch (data cache, model, MLflow run)", in_trials - epochs),
+        (
+            "outside trials (Ray start, trial processes, scheduling gaps, pruned trials' runs "
+            "closed by the driver, the summary, idle slots)",
+            machine - in_trials,
+        ),
+    ):
         print(f"    {100 * seconds / machine:3.0f}% {seconds:6.0f} s  {label}")
     share = computing / machine
-    print(f"  training + evaluation compute {computing:.0f} s: {100 * share:.0f}% of the machine   "
-          f"target >= 85%  {'met' if share >= 0.85 else 'MISSED'}")
+    print(
+        f"  training + evaluation compute {computing:.0f} s: {100 * share:.0f}% of the machine   "
+        f"target >= 85%  {'met' if share >= 0.85 else 'MISSED'}"
+    )
 
 
 def overhead_and_asha(args: argparse.Namespace) -> None:
     """Parts 1 and 2."""
     with tempfile.TemporaryDirectory() as tmp:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
         try:
-            base = Config.from_dict({"tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench"},
-                                     "data": {"cache_dir": f"{tmp}/cache"}})
+            base = Config.from_dict(
+                {
+                    "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench"},
+                    "data": {"cache_dir": f"{tmp}/cache"},
+                }
+            )
             parent = Tracker(base.tracking.uri, "bench", run_name="bench-study")
-            study = StudySettings(name="bench", work_key=f"bench-{os.getpid()}", notes_dir=f"{tmp}/notes",
-                                  storage_path=tmp, parent_run_id=parent.run_id, tracking_uri=base.tracking.uri,
-                                  experiment="bench", stall_timeout_s=600.0)
+            study = StudySettings(
+                name="bench",
+                work_key=f"bench-{os.getpid()}",
+                notes_dir=f"{tmp}/notes",
+                storage_path=tmp,
+                parent_run_id=parent.run_id,
+                tracking_uri=base.tracking.uri,
+                experiment="bench",
+                stall_timeout_s=600.0,
+            )
             ours = ray_tune.with_parameters(run_trial, base=base, study=study, train_fn=noop_train)
-            tracked = ray_tune.with_parameters(bare_trial_tracked, tracking_uri=base.tracking.uri,
-                                               experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                                               params=flatten(base.to_dict()))
+            tracked = ray_tune.with_parameters(
+                bare_trial_tracked,
+                tracking_uri=base.tracking.uri,
+                experiment_id=parent.experiment_id,
+                parent_run_id=parent.run_id,
+                params=flatten(base.to_dict()),
+            )
             # per size: alternate, twice, so drift hits all alike; keep the faster of each
             times = {}
             for n in args.trials:
@@ -310,9 +387,17 @@ def overhead_and_asha(args: argparse.Namespace) -> None:
             parent.end()
             full = asha_epochs(args.asha_trials, tmp, FIFOScheduler(), "all")
             sched = SchedulerSpec.from_dict(yaml.safe_load((ROOT / "adastft/configs/scheduler/asha.yaml").read_text()))
-            asha = asha_epochs(args.asha_trials, tmp, ASHAScheduler(
-                time_attr="training_iteration", max_t=16, grace_period=sched.grace_period,
-                reduction_factor=sched.reduction_factor), "asha")
+            asha = asha_epochs(
+                args.asha_trials,
+                tmp,
+                ASHAScheduler(
+                    time_attr="training_iteration",
+                    max_t=16,
+                    grace_period=sched.grace_period,
+                    reduction_factor=sched.reduction_factor,
+                ),
+                "asha",
+            )
         finally:
             ray.shutdown()
     print(f"no-op trials of {EPOCHS} epochs, 2 at a time, on {os.cpu_count()} CPUs; wall time of Tuner.fit()")
@@ -324,20 +409,37 @@ def overhead_and_asha(args: argparse.Namespace) -> None:
     print("  D  our trainable (tune/run.py's settings): config, MLflow child run, a checkpoint per epoch")
     print("  trials        A        B        C        E        F        D     D/A     D/B     D/E     D/F     F/B")
     for n, t in times.items():
-        print(f"  {n:6d} {t['default']:6.1f} s {t['bare']:6.1f} s {t['stack']:6.1f} s {t['ckpt']:6.1f} s"
-              f" {t['tracked']:6.1f} s {t['ours']:6.1f} s {t['ours'] / t['default']:7.3f}"
-              f" {t['ours'] / t['bare']:7.3f} {t['ours'] / t['ckpt']:7.3f} {t['ours'] / t['tracked']:7.3f}"
-              f" {t['tracked'] / t['bare']:7.3f}")
-        print("         per trial: " + ", ".join(
-            f"{label} {t[key] / n * 1e3:.0f} ms" for label, key in (
-                ("A", "default"), ("B", "bare"), ("C", "stack"), ("E", "ckpt"), ("F", "tracked"), ("D", "ours"))))
+        print(
+            f"  {n:6d} {t['default']:6.1f} s {t['bare']:6.1f} s {t['stack']:6.1f} s {t['ckpt']:6.1f} s"
+            f" {t['tracked']:6.1f} s {t['ours']:6.1f} s {t['ours'] / t['default']:7.3f}"
+            f" {t['ours'] / t['bare']:7.3f} {t['ours'] / t['ckpt']:7.3f} {t['ours'] / t['tracked']:7.3f}"
+            f" {t['tracked'] / t['bare']:7.3f}"
+        )
+        print(
+            "         per trial: "
+            + ", ".join(
+                f"{label} {t[key] / n * 1e3:.0f} ms"
+                for label, key in (
+                    ("A", "default"),
+                    ("B", "bare"),
+                    ("C", "stack"),
+                    ("E", "ckpt"),
+                    ("F", "tracked"),
+                    ("D", "ours"),
+                )
+            )
+        )
     n = max(times)
     t = times[n]
-    for label, ratio in (("D/A (vs a bare trainable as Tune runs it)", t["ours"] / t["default"]),
-                         ("D/F (vs bare doing the same tracking)", t["ours"] / t["tracked"])):
+    for label, ratio in (
+        ("D/A (vs a bare trainable as Tune runs it)", t["ours"] / t["default"]),
+        ("D/F (vs bare doing the same tracking)", t["ours"] / t["tracked"]),
+    ):
         print(f"  {n} trials: {label:43s} {ratio:.3f}   target <= 1.25  {'met' if ratio <= 1.25 else 'MISSED'}")
-    print(f"  {n} trials: {'D/B (vs bare, no tracking, same reuse)':43s} {t['ours'] / t['bare']:.3f}   "
-          f"not a target: F/B = {t['tracked'] / t['bare']:.3f} is the least any tracked trainable pays")
+    print(
+        f"  {n} trials: {'D/B (vs bare, no tracking, same reuse)':43s} {t['ours'] / t['bare']:.3f}   "
+        f"not a target: F/B = {t['tracked'] / t['bare']:.3f} is the least any tracked trainable pays"
+    )
     share = asha / full
     print(f"{args.asha_trials}-trial study, 16 epochs max: ASHA {asha} epochs vs {full} all to the end")
     print(f"  share {share:.3f}   target <= 0.35  {'met' if share <= 0.35 else 'MISSED'}")

@@ -44,10 +44,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _adastft_case(device: torch.device, x: torch.Tensor, n_fft: int, power: float, window: bool,
-                  kernel: bool) -> Callable[[], None]:
-    layer = AdaSTFT(SR, n_fft=n_fft, hop_length=HOP, n_mels=N_MELS, power=power, learn_window=window,
-                    learn_kernel=kernel).to(device)
+def _adastft_case(
+    device: torch.device, x: torch.Tensor, n_fft: int, power: float, window: bool, kernel: bool
+) -> Callable[[], None]:
+    layer = AdaSTFT(
+        SR, n_fft=n_fft, hop_length=HOP, n_mels=N_MELS, power=power, learn_window=window, learn_kernel=kernel
+    ).to(device)
 
     def case():
         layer(x).sum().backward()
@@ -95,9 +97,18 @@ def build_cases(device: torch.device, n_fft: int, batch: int, seconds: float) ->
             warnings.simplefilter("ignore")
             from nnAudio.features import STFT as NNAudioSTFT
 
-        nna = NNAudioSTFT(n_fft=n_fft, hop_length=HOP, window="hann", freq_scale="no", center=True,
-                          pad_mode="reflect", trainable=True, output_format="Complex", sr=SR,
-                          verbose=False).to(device)
+        nna = NNAudioSTFT(
+            n_fft=n_fft,
+            hop_length=HOP,
+            window="hann",
+            freq_scale="no",
+            center=True,
+            pad_mode="reflect",
+            trainable=True,
+            output_format="Complex",
+            sr=SR,
+            verbose=False,
+        ).to(device)
 
         def nnaudio_trainable():
             out = nna(x)  # (B, F, T, 2)
@@ -130,7 +141,9 @@ def build_cases(device: torch.device, n_fft: int, batch: int, seconds: float) ->
     cases["bare matmul (B*T, N) x (N, 2F), fwd+bwd"] = bare_matmul
 
     # The original project's style: the windowed real kernels as conv2d filters over the signal.
-    kernels = (AFN.dft_kernel(n_fft).to(device) * torch.hann_window(n_fft, device=device)).reshape(2 * n_freq, 1, 1, n_fft)
+    kernels = (AFN.dft_kernel(n_fft).to(device) * torch.hann_window(n_fft, device=device)).reshape(
+        2 * n_freq, 1, 1, n_fft
+    )
     kernels = kernels.clone().requires_grad_(True)
 
     def original_conv2d():
@@ -146,8 +159,15 @@ def build_cases(device: torch.device, n_fft: int, batch: int, seconds: float) ->
     return cases
 
 
-def run(device: torch.device, rounds: int, warmup: int, stat: str = "median", n_fft: int = 1024, batch: int = 16,
-        seconds: float = 3.0) -> dict[str, float]:
+def run(
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    stat: str = "median",
+    n_fft: int = 1024,
+    batch: int = 16,
+    seconds: float = 3.0,
+) -> dict[str, float]:
     cases = build_cases(device, n_fft, batch, seconds)
     for fn in cases.values():
         for _ in range(warmup):
@@ -166,27 +186,57 @@ def run(device: torch.device, rounds: int, warmup: int, stat: str = "median", n_
 
 
 RATIOS = [  # (label, numerator, denominator, target)
-    ("window learning / torch.stft learnable window", "AdaSTFT learn window (FFT path)",
-     "torch.stft + learnable window + mel", 1.2),
-    ("kernel learning / nnAudio trainable STFT", "AdaSTFT learn kernel (kernel path)",
-     "nnAudio STFT trainable + mel", 1.0),
-    ("kernel learning / bare matmul", "AdaSTFT learn kernel (kernel path)",
-     "bare matmul (B*T, N) x (N, 2F), fwd+bwd", 1.15),
-    ("window+kernel learning / bare matmul", "AdaSTFT learn window + kernel",
-     "bare matmul (B*T, N) x (N, 2F), fwd+bwd", None),
-    ("original conv2d style / AdaSTFT kernel learning", "original style: conv2d on real kernels + mel",
-     "AdaSTFT learn kernel (kernel path)", None),
-    ("power 1: window learning / torch.stft(...).abs()", "p1: AdaSTFT learn window (FFT path)",
-     "p1: torch.stft(...).abs() + learnable window + mel", 1.2),
-    ("power 1: kernel learning / nnAudio Magnitude", "p1: AdaSTFT learn kernel (kernel path)",
-     "p1: nnAudio STFT trainable Magnitude + mel", 1.0),
+    (
+        "window learning / torch.stft learnable window",
+        "AdaSTFT learn window (FFT path)",
+        "torch.stft + learnable window + mel",
+        1.2,
+    ),
+    (
+        "kernel learning / nnAudio trainable STFT",
+        "AdaSTFT learn kernel (kernel path)",
+        "nnAudio STFT trainable + mel",
+        1.0,
+    ),
+    (
+        "kernel learning / bare matmul",
+        "AdaSTFT learn kernel (kernel path)",
+        "bare matmul (B*T, N) x (N, 2F), fwd+bwd",
+        1.15,
+    ),
+    (
+        "window+kernel learning / bare matmul",
+        "AdaSTFT learn window + kernel",
+        "bare matmul (B*T, N) x (N, 2F), fwd+bwd",
+        None,
+    ),
+    (
+        "original conv2d style / AdaSTFT kernel learning",
+        "original style: conv2d on real kernels + mel",
+        "AdaSTFT learn kernel (kernel path)",
+        None,
+    ),
+    (
+        "power 1: window learning / torch.stft(...).abs()",
+        "p1: AdaSTFT learn window (FFT path)",
+        "p1: torch.stft(...).abs() + learnable window + mel",
+        1.2,
+    ),
+    (
+        "power 1: kernel learning / nnAudio Magnitude",
+        "p1: AdaSTFT learn kernel (kernel path)",
+        "p1: nnAudio STFT trainable Magnitude + mel",
+        1.0,
+    ),
 ]
 
 
 def ratios(times: dict[str, float]) -> list[tuple[str, float | None, float | None]]:
     """``(label, value or None when a row is missing, target)`` for each ratio of ``RATIOS``."""
-    return [(label, times[num] / times[den] if num in times and den in times else None, target)
-            for label, num, den, target in RATIOS]
+    return [
+        (label, times[num] / times[den] if num in times and den in times else None, target)
+        for label, num, den, target in RATIOS
+    ]
 
 
 def main() -> int:
@@ -197,8 +247,12 @@ def main() -> int:
     parser.add_argument("--n-fft", default="1024", help="comma-separated sizes, e.g. 1024,4096,8192")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--stat", choices=("median", "min"), default="median",
-                        help="min: the fastest round of each, for a machine other work keeps busy")
+    parser.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="min: the fastest round of each, for a machine other work keeps busy",
+    )
     args = parser.parse_args()
     try:
         sizes = [int(v) for v in args.n_fft.split(",")]
@@ -208,8 +262,11 @@ def main() -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     summary: dict[int, list] = {}
     for n_fft in sizes:
-        print(f"batch {args.batch} x {args.seconds:g} s at {SR} Hz, n_fft {n_fft}, hop {HOP}, {N_MELS} mels; {where}; "
-              f"{args.stat} of {args.rounds} round-robin rounds; torch {torch.__version__}", flush=True)
+        print(
+            f"batch {args.batch} x {args.seconds:g} s at {SR} Hz, n_fft {n_fft}, hop {HOP}, {N_MELS} mels; {where}; "
+            f"{args.stat} of {args.rounds} round-robin rounds; torch {torch.__version__}",
+            flush=True,
+        )
         times = run(device, args.rounds, args.warmup, args.stat, n_fft, args.batch, args.seconds)
         width = max(map(len, times)) + 2
         print(f"{'implementation':<{width}}{'ms':>9}")

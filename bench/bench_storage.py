@@ -35,19 +35,45 @@ def folder_bytes(path: Path, pattern: str = "*") -> int:
 
 def run(tmp: Path, keep: str, trials: int, epochs: int) -> dict:
     tmp.mkdir(parents=True)
-    cmd = [sys.executable, str(ROOT / "tune" / "search.py"), "--trials", str(trials), "--search", "quickstart",
-           "--keep-checkpoints", keep, "--name", "bench", "--storage", str(tmp / "runs"), "experiment=quickstart",
-           f"train.epochs={epochs}", f"data.cache_dir={ROOT / '.cache' / 'adastft'}",
-           f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench-storage"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tune" / "search.py"),
+        "--trials",
+        str(trials),
+        "--search",
+        "quickstart",
+        "--keep-checkpoints",
+        keep,
+        "--name",
+        "bench",
+        "--storage",
+        str(tmp / "runs"),
+        "experiment=quickstart",
+        f"train.epochs={epochs}",
+        f"data.cache_dir={ROOT / '.cache' / 'adastft'}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        "tracking.experiment=bench-storage",
+    ]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"the study with --keep-checkpoints {keep} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    sent = [json.loads(line)["checkpoint_bytes"] for f in (tmp / "runs" / "bench").glob("*/result.json")
-            for line in f.read_text().splitlines() if line.strip()]
-    return {"keep": keep, "epochs": len(sent), "sent": sum(sent), "largest": max(sent),
-            "storage": folder_bytes(tmp / "runs"), "checkpoints": folder_bytes(tmp / "runs", "last.pt"),
-            "mlflow": folder_bytes(tmp / "mlartifacts"), "minutes": (time.monotonic() - started) / 60}
+    sent = [
+        json.loads(line)["checkpoint_bytes"]
+        for f in (tmp / "runs" / "bench").glob("*/result.json")
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
+    return {
+        "keep": keep,
+        "epochs": len(sent),
+        "sent": sum(sent),
+        "largest": max(sent),
+        "storage": folder_bytes(tmp / "runs"),
+        "checkpoints": folder_bytes(tmp / "runs", "last.pt"),
+        "mlflow": folder_bytes(tmp / "mlartifacts"),
+        "minutes": (time.monotonic() - started) / 60,
+    }
 
 
 def main() -> None:
@@ -61,17 +87,27 @@ def main() -> None:
             print(f"study: {args.trials} trials, ASHA, --keep-checkpoints {keep} ...", flush=True)
             rows.append(run(Path(tmp) / f"keep-{keep}", keep, args.trials, args.epochs))
     unit = max(r["largest"] for r in rows)  # one full-state checkpoint (an AdamW trial's last.pt + epoch.json)
-    print(f"\n{args.trials}-trial ASHA study of the default model, {args.epochs} epochs at most; "
-          f"1 full-state checkpoint = {unit / 1e6:.1f} MB")
-    print(f"{'--keep-checkpoints':>20} {'trial-epochs':>13} {'sent/trial-epoch':>17} {'footprint':>10} "
-          f"{'(storage':>9} {'+ MLflow)':>9} {'minutes':>8}")
+    print(
+        f"\n{args.trials}-trial ASHA study of the default model, {args.epochs} epochs at most; "
+        f"1 full-state checkpoint = {unit / 1e6:.1f} MB"
+    )
+    print(
+        f"{'--keep-checkpoints':>20} {'trial-epochs':>13} {'sent/trial-epoch':>17} {'footprint':>10} "
+        f"{'(storage':>9} {'+ MLflow)':>9} {'minutes':>8}"
+    )
     for r in rows:
-        print(f"{r['keep']:>20} {r['epochs']:>13} {r['sent'] / r['epochs'] / unit:>10.3f} ckpt "
-              f"{(r['storage'] + r['mlflow']) / unit:>6.2f} ckpt {r['storage'] / unit:>8.2f} {r['mlflow'] / unit:>9.2f} "
-              f"{r['minutes']:>8.1f}")
-    print(f"  sent per trial-epoch, largest: {max(r['largest'] for r in rows) / unit:.3f} full-state checkpoints "
-          "(target <= 1.05)")
-    print(f"  footprint, default vs all: {(rows[1]['storage'] + rows[1]['mlflow']) / (rows[0]['storage'] + rows[0]['mlflow']):.3f}")
+        print(
+            f"{r['keep']:>20} {r['epochs']:>13} {r['sent'] / r['epochs'] / unit:>10.3f} ckpt "
+            f"{(r['storage'] + r['mlflow']) / unit:>6.2f} ckpt {r['storage'] / unit:>8.2f} {r['mlflow'] / unit:>9.2f} "
+            f"{r['minutes']:>8.1f}"
+        )
+    print(
+        f"  sent per trial-epoch, largest: {max(r['largest'] for r in rows) / unit:.3f} full-state checkpoints "
+        "(target <= 1.05)"
+    )
+    print(
+        f"  footprint, default vs all: {(rows[1]['storage'] + rows[1]['mlflow']) / (rows[0]['storage'] + rows[0]['mlflow']):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,16 +36,27 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Config.from_dict({
-            "data": {"source": "synthetic", "cache_dir": tmp, "clip_seconds": 30.0, "parts": 12,
-                     "synthetic_clips_per_class": args.clips_per_class, "split": "random", "batch_size": 16,
-                     "num_workers": args.workers},
-            "stft": {"learn_window": True, "learn_kernel": True},
-        })
+        cfg = Config.from_dict(
+            {
+                "data": {
+                    "source": "synthetic",
+                    "cache_dir": tmp,
+                    "clip_seconds": 30.0,
+                    "parts": 12,
+                    "synthetic_clips_per_class": args.clips_per_class,
+                    "split": "random",
+                    "batch_size": 16,
+                    "num_workers": args.workers,
+                },
+                "stft": {"learn_window": True, "learn_kernel": True},
+            }
+        )
         started = time.perf_counter()
         store = prepare(cfg.data.spec())
-        print(f"cache: {len(store)} clips of 30 s built in {time.perf_counter() - started:.1f} s; "
-              f"{args.steps} steps of batch 16 (2.5 s crops) on {device}, loader workers {args.workers}")
+        print(
+            f"cache: {len(store)} clips of 30 s built in {time.perf_counter() - started:.1f} s; "
+            f"{args.steps} steps of batch 16 (2.5 s crops) on {device}, loader workers {args.workers}"
+        )
         torch.manual_seed(0)
         model = build_model(cfg, len(store.classes)).to(device)
         model.set_frontend_learning(window=True, kernel=True)
@@ -54,8 +65,15 @@ def main() -> None:
         crops = TrainCrops(store, split="train", parts=12, seed=0)
 
         def loader():
-            return DataLoader(crops, batch_size=16, shuffle=True, drop_last=True, num_workers=args.workers,
-                              persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+            return DataLoader(
+                crops,
+                batch_size=16,
+                shuffle=True,
+                drop_last=True,
+                num_workers=args.workers,
+                persistent_workers=args.workers > 0,
+                pin_memory=device.type == "cuda",
+            )
 
         def step(x, y):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

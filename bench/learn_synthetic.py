@@ -38,14 +38,17 @@ def main() -> None:
         for name, (window, kernel) in VARIANTS.items():
             history = History()
             started = time.perf_counter()
-            metrics = train({
-                "name": name,
-                "data": {"source": "synthetic", "cache_dir": f"{tmp}/cache", "synthetic_clips_per_class": 40},
-                "stft": {"n_mels": 64, "learn_window": window, "learn_kernel": kernel},
-                "optim": {"lr": 1e-3},
-                "train": {"epochs": args.epochs, "out_dir": f"{tmp}/{name}"},
-                "tracking": {"enabled": False},
-            }, history)
+            metrics = train(
+                {
+                    "name": name,
+                    "data": {"source": "synthetic", "cache_dir": f"{tmp}/cache", "synthetic_clips_per_class": 40},
+                    "stft": {"n_mels": 64, "learn_window": window, "learn_kernel": kernel},
+                    "optim": {"lr": 1e-3},
+                    "train": {"epochs": args.epochs, "out_dir": f"{tmp}/{name}"},
+                    "tracking": {"enabled": False},
+                },
+                history,
+            )
             results[name] = (history.acc, metrics["test_clip_accuracy"], time.perf_counter() - started)
     print(f"validation clip accuracy per epoch (chance 0.10); synthetic set, {args.epochs} epochs")
     print("epoch " + "".join(f"{name:>14}" for name in results))

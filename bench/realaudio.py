@@ -55,9 +55,19 @@ ARMS: dict[str, list[str]] = {
     "cnn4_learn_both_slow": ["stft=learn_both", "stft.lr=1e-4", "model=cnn4"],
     "cnn4_pcen": ["stft=pcen", "model=cnn4"],
     # the best trial of the 16-trial search of the default space (docs/results.md), to confirm over seeds
-    "search16_best": ["stft=pcen", "stft.learn_compression=true", "stft.learn_window=true", "stft.learn_kernel=true",
-                      "stft.lr=1.0970213817508292e-05", "stft.hop_length=256", "stft.n_mels=96",
-                      "optim.lr=0.0028976166292595954", "data.mixup_alpha=0.2", "data.time_masks=3", "data.freq_masks=2"],
+    "search16_best": [
+        "stft=pcen",
+        "stft.learn_compression=true",
+        "stft.learn_window=true",
+        "stft.learn_kernel=true",
+        "stft.lr=1.0970213817508292e-05",
+        "stft.hop_length=256",
+        "stft.n_mels=96",
+        "optim.lr=0.0028976166292595954",
+        "data.mixup_alpha=0.2",
+        "data.time_masks=3",
+        "data.freq_masks=2",
+    ],
 }
 
 
@@ -124,8 +134,9 @@ def linear_baseline(dev_dir: Path, split: dict[str, list[str]]) -> dict[str, flo
     data = {s: features(names) for s, names in split.items()}
     x_train, y_train = data["train"]
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    search = GridSearchCV(model, {"logisticregression__C": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]},
-                          cv=GroupKFold(5)).fit(x_train, y_train, groups=[groups[n] for n in split["train"]])
+    search = GridSearchCV(model, {"logisticregression__C": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, cv=GroupKFold(5)).fit(
+        x_train, y_train, groups=[groups[n] for n in split["train"]]
+    )
     val, test = (float((search.predict(data[s][0]) == data[s][1]).mean()) for s in ("val", "test"))
     return {"val": val, "test": test, "C": search.best_params_["logisticregression__C"]}
 
@@ -139,14 +150,20 @@ def export_figures(tracking_uri: str, study: str, dest: Path) -> list[Path]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.study = '{study}'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.study = '{study}'"
+    )
     best: dict[str, object] = {}
     for run in runs:
         arm = run.data.tags.get("arm")
-        if arm and run.info.status == "FINISHED" and (
-                arm not in best or run.data.metrics.get("val_clip_accuracy", 0)
-                > best[arm].data.metrics.get("val_clip_accuracy", 0)):
+        if (
+            arm
+            and run.info.status == "FINISHED"
+            and (
+                arm not in best
+                or run.data.metrics.get("val_clip_accuracy", 0) > best[arm].data.metrics.get("val_clip_accuracy", 0)
+            )
+        ):
             best[arm] = run
     dest.mkdir(parents=True, exist_ok=True)
     written = []
@@ -171,8 +188,11 @@ def collect_table(tracking_uri: str, arms: list[str], epochs: int, baseline: str
     from tune.compare_stats import METRICS, comparison, format_table
 
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="attributes.status = 'FINISHED'", max_results=5000)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
     rows, seen = [], set()
     for run in runs:
         arm, seed = run.data.tags.get("arm"), run.data.tags.get("seed")
@@ -181,8 +201,7 @@ def collect_table(tracking_uri: str, arms: list[str], epochs: int, baseline: str
         if (arm, seed) in seen:  # the same arm and seed run twice: keep the first found
             continue
         seen.add((arm, seed))
-        rows.append({"arm": arm, "seed": int(seed),
-                     **{m: run.data.metrics.get(m, math.nan) for m, _ in METRICS}})
+        rows.append({"arm": arm, "seed": int(seed), **{m: run.data.metrics.get(m, math.nan) for m, _ in METRICS}})
     present = [a for a in arms if any(r["arm"] == a for r in rows)]
     if baseline not in present:
         return f"no finished {epochs}-epoch trial of the baseline {baseline!r} in {tracking_uri}"
@@ -194,13 +213,21 @@ def collect_table(tracking_uri: str, arms: list[str], epochs: int, baseline: str
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dev_dir", type=Path, help="the folder make_dev_set.py rendered (with manifest.csv)")
-    p.add_argument("--arms", nargs="+", default=["fixed", "learn_both"], choices=sorted(ARMS),
-                   help="arms to compare, the first the baseline of the paired differences")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=["fixed", "learn_both"],
+        choices=sorted(ARMS),
+        help="arms to compare, the first the baseline of the paired differences",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="train.seed of the first seed (to add seeds later)")
-    p.add_argument("--table-only", action="store_true",
-                   help="run nothing: print the table of every finished trial of --arms at --epochs in OUT's store "
-                        "(the first arm the baseline of the paired differences)")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: print the table of every finished trial of --arms at --epochs in OUT's store "
+        "(the first arm the baseline of the paired differences)",
+    )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/realaudio"))
@@ -208,8 +235,12 @@ def main() -> int:
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every arm")
     p.add_argument("--no-baseline", action="store_true", help="skip the logistic regression")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once (one CPU each)")
-    p.add_argument("--figures", type=Path, default=None,
-                   help="copy each arm's best trial's plots here (e.g. docs/results) after the comparison")
+    p.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        help="copy each arm's best trial's plots here (e.g. docs/results) after the comparison",
+    )
     args = p.parse_args()
 
     manifest = args.dev_dir / "manifest.csv"
@@ -226,25 +257,45 @@ def main() -> int:
     print(f"piece-grouped split (seed {args.split_seed}): {sizes} clips", flush=True)
     if not args.no_baseline:
         base = linear_baseline(args.dev_dir, split)
-        line = (f"linear baseline (log-mel mean+std, logistic regression C={base['C']}): "
-                f"val {base['val']:.3f}  test {base['test']:.3f}")
+        line = (
+            f"linear baseline (log-mel mean+std, logistic regression C={base['C']}): "
+            f"val {base['val']:.3f}  test {base['test']:.3f}"
+        )
         print(line, flush=True)
         with open(log, "a") as f:
             f.write(line + "\n")
 
     name = args.name or "-".join(args.arms)
     common = [
-        "data=folder", f"data.root={args.dev_dir.resolve() / 'genres_original'}",
+        "data=folder",
+        f"data.root={args.dev_dir.resolve() / 'genres_original'}",
         f"data.cache_dir={out / 'cache'}",
         f"data.split_files={{train:{paths['train']},val:{paths['val']},test:{paths['test']}}}",
-        f"train.epochs={args.epochs}", "train.threads=1", "data.num_workers=0",
-        f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "tracking.system_metrics_interval=0",
+        f"train.epochs={args.epochs}",
+        "train.threads=1",
+        "data.num_workers=0",
+        f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
+        "tracking.system_metrics_interval=0",
         *args.extra,
     ]
-    cmd = [sys.executable, str(ROOT / "tune" / "compare.py"), "--seeds", str(args.seeds),
-           "--first-seed", str(args.first_seed), "--name", name,
-           "--storage", str(out / "studies"), "--max-concurrent", str(args.concurrent), "--max-failures", "0",
-           *[f"--arm={arm}:{' '.join(ARMS[arm])}" for arm in args.arms], *common]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tune" / "compare.py"),
+        "--seeds",
+        str(args.seeds),
+        "--first-seed",
+        str(args.first_seed),
+        "--name",
+        name,
+        "--storage",
+        str(out / "studies"),
+        "--max-concurrent",
+        str(args.concurrent),
+        "--max-failures",
+        "0",
+        *[f"--arm={arm}:{' '.join(ARMS[arm])}" for arm in args.arms],
+        *common,
+    ]
     print("$ " + " ".join(cmd), flush=True)
     started = time.time()
     lines = []
@@ -253,11 +304,13 @@ def main() -> int:
             lines.append(line)
             print(line, end="", flush=True)
     table = "".join(lines)
-    table = table[table.rfind("\ncomparison "):] if "\ncomparison " in table else table
+    table = table[table.rfind("\ncomparison ") :] if "\ncomparison " in table else table
     (out / f"table_{name}.txt").write_text(table)
     with open(log, "a") as f:
-        f.write(f"\n## {name} ({args.seeds} seeds, {args.epochs} epochs, {time.time() - started:.0f} s, "
-                f"rc {proc.returncode})\n{table[-6000:]}\n")
+        f.write(
+            f"\n## {name} ({args.seeds} seeds, {args.epochs} epochs, {time.time() - started:.0f} s, "
+            f"rc {proc.returncode})\n{table[-6000:]}\n"
+        )
     table = collect_table(f"sqlite:///{out / 'mlflow.db'}", list(ARMS), args.epochs)
     print(f"\nevery finished {args.epochs}-epoch trial in the store:\n{table}", flush=True)
     with open(log, "a") as f:

@@ -52,8 +52,16 @@ def run_study(folder: Path, name: str, trials: int, *args: str, timeout: float =
     """Run ``tune/search.py --trials N --name NAME ARGS`` in ``folder`` (its own MLflow store and
     results); raise with the output's tail when it fails."""
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "tune" / "search.py"), "--trials", str(trials), "--name", name, *args,
-           f"tracking.uri=sqlite:///{folder}/mlflow.db"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tune" / "search.py"),
+        "--trials",
+        str(trials),
+        "--name",
+        name,
+        *args,
+        f"tracking.uri=sqlite:///{folder}/mlflow.db",
+    ]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started

@@ -40,8 +40,11 @@ def compose(overrides: list[str]) -> dict:
 def original_recipe() -> list[str]:
     """The recipe ``adastft/configs/experiment/original_learn_both.yaml`` pins, as overrides."""
     cfg = compose(["experiment=original_learn_both", "data.root=/unused"])
-    return [f"{key}={'null' if v is None else v}" for key in RECIPE_KEYS
-            for v in [cfg[key.split('.')[0]][key.split('.')[1]]]]
+    return [
+        f"{key}={'null' if v is None else v}"
+        for key in RECIPE_KEYS
+        for v in [cfg[key.split(".")[0]][key.split(".")[1]]]
+    ]
 
 
 class Curve:
@@ -65,8 +68,11 @@ def run(job: tuple[str, dict]) -> tuple[str, dict]:
 
     curve = Curve()
     metrics = train(cfg, curve)
-    return name, {"points": curve.points, "test": metrics["test_clip_accuracy"],
-                  "seconds": time.perf_counter() - curve.started}
+    return name, {
+        "points": curve.points,
+        "test": metrics["test_clip_accuracy"],
+        "seconds": time.perf_counter() - curve.started,
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -90,9 +96,18 @@ def main() -> None:
         jobs = []
         for seed in range(args.seeds):
             for name, (overrides, epochs) in recipes.items():
-                cfg = compose(["experiment=quickstart", *overrides, f"train.epochs={epochs}", f"train.seed={seed}",
-                               "train.threads=1", f"train.out_dir={tmp}/{name}-{seed}", "tracking.enabled=false",
-                               f"data.cache_dir={tmp}/cache"])
+                cfg = compose(
+                    [
+                        "experiment=quickstart",
+                        *overrides,
+                        f"train.epochs={epochs}",
+                        f"train.seed={seed}",
+                        "train.threads=1",
+                        f"train.out_dir={tmp}/{name}-{seed}",
+                        "tracking.enabled=false",
+                        f"data.cache_dir={tmp}/cache",
+                    ]
+                )
                 jobs.append((name, cfg))
         compose_cache = compose(["experiment=quickstart", f"data.cache_dir={tmp}/cache"])  # build the cache once
         from adastft.data import prepare
@@ -103,30 +118,64 @@ def main() -> None:
         with mp.get_context("spawn").Pool(2) as pool:
             results = pool.map(run, jobs, chunksize=1)
         wall = time.perf_counter() - started
-    print(f"time to accuracy on experiment=quickstart (synthetic, 80 validation clips, chance 0.10): {args.seeds} seeds "
-          f"per recipe, 2 runs at a time on 1 thread each; {wall:.0f} s in all")
+    print(
+        f"time to accuracy on experiment=quickstart (synthetic, 80 validation clips, chance 0.10): {args.seeds} seeds "
+        f"per recipe, 2 runs at a time on 1 thread each; {wall:.0f} s in all"
+    )
     for name, (overrides, epochs) in recipes.items():
-        print(f"  {name:9s} {epochs:2d} epochs  " + (" ".join(overrides) or "the defaults: " + " ".join(
-            f"{k}={compose(['experiment=quickstart'])[k.split('.')[0]][k.split('.')[1]]}" for k in RECIPE_KEYS)))
+        print(
+            f"  {name:9s} {epochs:2d} epochs  "
+            + (
+                " ".join(overrides)
+                or "the defaults: "
+                + " ".join(
+                    f"{k}={compose(['experiment=quickstart'])[k.split('.')[0]][k.split('.')[1]]}" for k in RECIPE_KEYS
+                )
+            )
+        )
     width = 18
-    print(f"{'recipe':10s}{'reached':>8s}" + "".join(f"{h:>{width}s}" for h in (
-        f"s to {args.target:g}", f"epochs to {args.target:g}", "s / epoch", "final val", "best val", "test", "total s")))
+    print(
+        f"{'recipe':10s}{'reached':>8s}"
+        + "".join(
+            f"{h:>{width}s}"
+            for h in (
+                f"s to {args.target:g}",
+                f"epochs to {args.target:g}",
+                "s / epoch",
+                "final val",
+                "best val",
+                "test",
+                "total s",
+            )
+        )
+    )
     for name in recipes:
         runs = [r for n, r in results if n == name]
-        reached = [next(((i + 1, t) for i, (t, acc) in enumerate(r["points"]) if acc >= args.target), None) for r in runs]
+        reached = [
+            next(((i + 1, t) for i, (t, acc) in enumerate(r["points"]) if acc >= args.target), None) for r in runs
+        ]
         hit = [x for x in reached if x is not None]
-        cells = [mean_std([t for _, t in hit]), mean_std([float(e) for e, _ in hit]),
-                 mean_std([r["points"][-1][0] / len(r["points"]) for r in runs]),
-                 mean_std([r["points"][-1][1] for r in runs]), mean_std([max(a for _, a in r["points"]) for r in runs]),
-                 mean_std([r["test"] for r in runs]), mean_std([r["seconds"] for r in runs])]
+        cells = [
+            mean_std([t for _, t in hit]),
+            mean_std([float(e) for e, _ in hit]),
+            mean_std([r["points"][-1][0] / len(r["points"]) for r in runs]),
+            mean_std([r["points"][-1][1] for r in runs]),
+            mean_std([max(a for _, a in r["points"]) for r in runs]),
+            mean_std([r["test"] for r in runs]),
+            mean_std([r["seconds"] for r in runs]),
+        ]
         print(f"{name:10s}{len(hit):>5d}/{len(runs):<2d}" + "".join(f"{c:>{width}s}" for c in cells))
     print("validation clip accuracy per epoch (mean over seeds) and seconds since the start:")
     for name in recipes:
         runs = [r for n, r in results if n == name]
         n = min(len(r["points"]) for r in runs)
-        print(f"  {name:9s} " + " ".join(
-            f"{sum(r['points'][i][1] for r in runs) / len(runs):.2f}@{sum(r['points'][i][0] for r in runs) / len(runs):.0f}s"
-            for i in range(n)))
+        print(
+            f"  {name:9s} "
+            + " ".join(
+                f"{sum(r['points'][i][1] for r in runs) / len(runs):.2f}@{sum(r['points'][i][0] for r in runs) / len(runs):.0f}s"
+                for i in range(n)
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,20 @@ import sys
 
 def ssh_base(config: dict) -> list[str]:
     auth = config["auth"]
-    opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
-            "-o", "ServerAliveInterval=15", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR"]
+    opts = [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if auth.get("ssh_private_key"):
         opts += ["-i", os.path.expanduser(auth["ssh_private_key"])]
     if auth.get("ssh_proxy_command"):
@@ -49,14 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     ssh = ssh_base(config)
     info = subprocess.run([*ssh, target, "cat ~/.adastft/head"], capture_output=True, text=True, timeout=60)
     if info.returncode != 0:
-        print(f"tunnel: error: cannot read ~/.adastft/head on {head} (is the cluster up?): {info.stderr.strip()}",
-              file=sys.stderr)
+        print(
+            f"tunnel: error: cannot read ~/.adastft/head on {head} (is the cluster up?): {info.stderr.strip()}",
+            file=sys.stderr,
+        )
         return 2
     remote = dict(line.split("=", 1) for line in info.stdout.split() if "=" in line)
-    forwards = ["-L", f"127.0.0.1:{args.dashboard_port}:127.0.0.1:{remote['RAY_DASHBOARD_PORT']}",
-                "-L", f"127.0.0.1:{args.mlflow_port}:{remote['MLFLOW_ADDRESS']}"]
-    print(f"Ray dashboard and jobs: http://127.0.0.1:{args.dashboard_port}   "
-          f"MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C closes the tunnel)", flush=True)
+    forwards = [
+        "-L",
+        f"127.0.0.1:{args.dashboard_port}:127.0.0.1:{remote['RAY_DASHBOARD_PORT']}",
+        "-L",
+        f"127.0.0.1:{args.mlflow_port}:{remote['MLFLOW_ADDRESS']}",
+    ]
+    print(
+        f"Ray dashboard and jobs: http://127.0.0.1:{args.dashboard_port}   "
+        f"MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C closes the tunnel)",
+        flush=True,
+    )
     try:
         return subprocess.run([*ssh, "-N", *forwards, target]).returncode
     except KeyboardInterrupt:

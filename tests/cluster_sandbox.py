@@ -41,8 +41,9 @@ def namespaces_work() -> str | None:
     """``None`` when unshare can make PID and mount namespaces here, else why not."""
     if not shutil.which("unshare"):
         return "unshare (util-linux) is not installed"
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "true"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "true"], capture_output=True, text=True
+    )
     return None if proc.returncode == 0 else f"unshare cannot make namespaces here: {proc.stderr.strip()}"
 
 
@@ -64,35 +65,67 @@ def _unshare(argv: list[str], binds: dict[str, str] | None, pid: bool = True) ->
     return ["unshare", *namespaces, "--propagation", "private", "sh", "-c", script, "sh", *argv]
 
 
-def run_with_mounts(argv: list[str], *, binds: dict[str, str], env: dict[str, str] | None = None,
-                    cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_with_mounts(
+    argv: list[str],
+    *,
+    binds: dict[str, str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Run a command to its end with ``binds`` in its own mount namespace, in this PID namespace
     (a Ray driver finds its node's raylet among the processes it can see)."""
-    return subprocess.run(_unshare(argv, binds, pid=False), env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        _unshare(argv, binds, pid=False),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-def start_with_mounts(argv: list[str], *, binds: dict[str, str], env: dict[str, str] | None = None,
-                      cwd: Path | None = None, log: Path) -> subprocess.Popen:
+def start_with_mounts(
+    argv: list[str], *, binds: dict[str, str], env: dict[str, str] | None = None, cwd: Path | None = None, log: Path
+) -> subprocess.Popen:
     """Like :func:`run_with_mounts`, but in the background, in a session of its own (so that
     ``os.killpg`` reaches it and what it started), its output appended to ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen(_unshare(argv, binds, pid=False), env=env, cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            _unshare(argv, binds, pid=False),
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 class Sandboxed:
     """A command in its own PID + mount namespace; ``binds`` maps host files/folders onto paths
     inside it (bind mounts). ``stop()`` ends the command and everything it started."""
 
-    def __init__(self, argv: list[str], *, binds: dict[str, str] | None = None, env: dict[str, str] | None = None,
-                 log: Path, cwd: Path | None = None):
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        binds: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        log: Path,
+        cwd: Path | None = None,
+    ):
         self.log = log
         self._log_file = open(log, "ab")
         self.proc = subprocess.Popen(
             _unshare(argv, binds),
-            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -153,18 +186,41 @@ def ray_auth_home(home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([str(Path(PYTHON_BIN) / "ray"), "get-auth-token", "--generate"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(Path(PYTHON_BIN) / "ray"), "get-auth-token", "--generate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and (home / ".ray" / "auth_token").is_file(), proc.stderr
     return env
 
 
 def mlflow_server(tmp: Path, port: int, host: str = "127.0.0.1") -> Sandboxed:
     """A real MLflow tracking server (SQLite store) on ``host:port``, in its own namespace."""
-    server = Sandboxed([str(Path(PYTHON_BIN) / "mlflow"), "server", "--host", host, "--port", str(port),
-                        "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db", "--artifacts-destination",
-                        str(tmp / "artifacts"), "--workers", "1"], log=tmp / "mlflow.log")
-    wait_for(lambda: http_ok(f"http://{host}:{port}/health") or not server.alive(), 120, "the MLflow server",
-             on_fail=server.tail)
+    server = Sandboxed(
+        [
+            str(Path(PYTHON_BIN) / "mlflow"),
+            "server",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        log=tmp / "mlflow.log",
+    )
+    wait_for(
+        lambda: http_ok(f"http://{host}:{port}/health") or not server.alive(),
+        120,
+        "the MLflow server",
+        on_fail=server.tail,
+    )
     assert server.alive(), server.tail()
     return server

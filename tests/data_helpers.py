@@ -70,6 +70,9 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     (folder / "not_audio.wav").write_text("this is a text file, not audio\n" * 20)
     sf.write(folder / "no_frames.wav", np.zeros(0, dtype=np.float32), RATE)
     return {
-        "truncated_header.wav": "truncated", "corrupted.wav": "corrupted", "empty.wav": "empty",
-        "not_audio.wav": "non-audio", "no_frames.wav": "no frames",
+        "truncated_header.wav": "truncated",
+        "corrupted.wav": "corrupted",
+        "empty.wav": "empty",
+        "not_audio.wav": "non-audio",
+        "no_frames.wav": "no frames",
     }

@@ -37,8 +37,14 @@ class MlflowServer:
     ``crash``: stop() kills it at once (SIGKILL), as a crashed server; else SIGTERM first.
     """
 
-    def __init__(self, folder: Path, store: str | None = None, artifacts: str = "proxied", crash: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        store: str | None = None,
+        artifacts: str = "proxied",
+        crash: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         if artifacts not in ("proxied", "direct"):
             raise ValueError(f"artifacts={artifacts!r}: 'proxied' or 'direct'")
         self.folder = Path(folder)
@@ -53,15 +59,31 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: float = 120.0) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.store]
-        cmd += (["--artifacts-destination", str(self.artifacts), "--serve-artifacts"] if self.mode == "proxied"
-                else ["--default-artifact-root", str(self.artifacts)])
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.store,
+        ]
+        cmd += (
+            ["--artifacts-destination", str(self.artifacts), "--serve-artifacts"]
+            if self.mode == "proxied"
+            else ["--default-artifact-root", str(self.artifacts)]
+        )
         # Its background job runner (GenAI scorers) doubles the start time and is not needed here.
         env = {**(self.env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env)
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

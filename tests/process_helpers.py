@@ -17,8 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 def checkout_copy(dest: Path) -> Path:
     """The files git tracks or would track (not ignored ones) copied to ``dest``: what a clean
     clone holds, what `ray up` syncs, what ``pip install`` may build in without touching the checkout."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = REPO / name
         if src.is_file():
@@ -67,5 +72,8 @@ def trial_pids(driver_pgid: int) -> list[int]:
             except OSError:
                 continue
             stats[int(proc.name)] = (cmd, int(fields[1]), int(fields[2]))  # cmdline, ppid, pgid
-    return [pid for pid, (cmd, ppid, _) in stats.items()
-            if cmd.startswith("ray::ImplicitFunc") and stats.get(ppid, ("", 0, 0))[2] == driver_pgid]
+    return [
+        pid
+        for pid, (cmd, ppid, _) in stats.items()
+        if cmd.startswith("ray::ImplicitFunc") and stats.get(ppid, ("", 0, 0))[2] == driver_pgid
+    ]

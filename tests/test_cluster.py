@@ -23,8 +23,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster_sandbox import (PYTHON_BIN, Sandboxed, free_port, hosts_file, mlflow_server, ray_auth_home,
-                             require_namespaces, run_with_mounts, short_tmp, wait_for)
+from cluster_sandbox import (
+    PYTHON_BIN,
+    Sandboxed,
+    free_port,
+    hosts_file,
+    mlflow_server,
+    ray_auth_home,
+    require_namespaces,
+    run_with_mounts,
+    short_tmp,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -111,13 +121,15 @@ def test_kuberay_yaml_has_the_fields_kuberay_requires():
 
 
 def test_no_credentials_and_every_yaml_says_how_it_runs():
-    secret = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|BEGIN [A-Z ]*PRIVATE KEY|password\s*[:=]\s*\S",
-                        re.I)
+    secret = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|BEGIN [A-Z ]*PRIVATE KEY|password\s*[:=]\s*\S", re.I)
     for path in sorted(CLUSTER.iterdir()):
         if path.is_file():
             assert not secret.search(path.read_text()), f"credential-like text in {path.name}"
-    for name, command in (("aws.yaml", "ray up cluster/aws.yaml"), ("local.yaml", "ray up cluster/local.yaml"),
-                          ("kuberay.yaml", "kubectl apply -f cluster/kuberay.yaml")):
+    for name, command in (
+        ("aws.yaml", "ray up cluster/aws.yaml"),
+        ("local.yaml", "ray up cluster/local.yaml"),
+        ("kuberay.yaml", "kubectl apply -f cluster/kuberay.yaml"),
+    ):
         head = (CLUSTER / name).read_text().split("\n\n")[0]
         assert head.startswith("#") and command in head, name
 
@@ -134,9 +146,14 @@ def mocked_aws(tmp_path, monkeypatch):
     moto = pytest.importorskip("moto")
     import ray.autoscaler._private.aws.config as aws_config
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-west-2",
-                       "MOTO_IAM_LOAD_MANAGED_POLICIES": "true", "HOME": str(tmp_path)}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-west-2",
+        "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        "HOME": str(tmp_path),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setattr(aws_config.time, "sleep", lambda seconds: None)
@@ -148,8 +165,13 @@ def test_aws_yaml_goes_through_the_launchers_aws_bootstrap(mocked_aws):
     import boto3
     from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
     from ray.autoscaler.sdk import bootstrap_config
-    from ray.autoscaler.tags import (TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_NODE_STATUS,
-                                    TAG_RAY_USER_NODE_TYPE)
+    from ray.autoscaler.tags import (
+        TAG_RAY_LAUNCH_CONFIG,
+        TAG_RAY_NODE_KIND,
+        TAG_RAY_NODE_NAME,
+        TAG_RAY_NODE_STATUS,
+        TAG_RAY_USER_NODE_TYPE,
+    )
 
     raw = load("aws.yaml")
     config = bootstrap_config(copy.deepcopy(raw), no_config_cache=True)  # what `ray up` does before launching
@@ -198,11 +220,21 @@ def test_aws_yaml_goes_through_the_launchers_aws_bootstrap(mocked_aws):
     # The nodes launch with these settings (the head as `ray up` would, a spot worker as the
     # autoscaler would).
     provider = AWSNodeProvider(config["provider"], config["cluster_name"])
-    for kind, node_type, node_config in (("head", "head", {**types["head"]["node_config"], **config["head_node"]}),
-                                         ("worker", "gpu-1x-spot", types["gpu-1x-spot"]["node_config"])):
-        provider.create_node(node_config, {TAG_RAY_NODE_KIND: kind, TAG_RAY_USER_NODE_TYPE: node_type,
-                                           TAG_RAY_NODE_NAME: f"ray-{config['cluster_name']}-{kind}",
-                                           TAG_RAY_NODE_STATUS: "uninitialized", TAG_RAY_LAUNCH_CONFIG: "test"}, 1)
+    for kind, node_type, node_config in (
+        ("head", "head", {**types["head"]["node_config"], **config["head_node"]}),
+        ("worker", "gpu-1x-spot", types["gpu-1x-spot"]["node_config"]),
+    ):
+        provider.create_node(
+            node_config,
+            {
+                TAG_RAY_NODE_KIND: kind,
+                TAG_RAY_USER_NODE_TYPE: node_type,
+                TAG_RAY_NODE_NAME: f"ray-{config['cluster_name']}-{kind}",
+                TAG_RAY_NODE_STATUS: "uninitialized",
+                TAG_RAY_LAUNCH_CONFIG: "test",
+            },
+            1,
+        )
     instances = {i["InstanceType"]: i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     head, spot = instances["m5.xlarge"], instances["g5.xlarge"]
     assert head["IamInstanceProfile"]["Arn"] == profile_arn
@@ -222,11 +254,19 @@ def test_launcher_capacity_counts_the_workers_an_autoscaling_cluster_can_start(t
     monkeypatch.setenv("HOME", str(tmp_path))
     assert launcher_capacity() is None and _cluster_span([{"Alive": True}]) is None
     head_only = {"alive": True}
-    (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump({
-        "max_workers": 5, "head_node_type": "head",
-        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
-                                 "gpu-1x": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 4},
-                                 "gpu-4x": {"resources": {"CPU": 48, "GPU": 4}, "max_workers": 2}}}))
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "max_workers": 5,
+                "head_node_type": "head",
+                "available_node_types": {
+                    "head": {"resources": {"CPU": 0}, "max_workers": 0},
+                    "gpu-1x": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 4},
+                    "gpu-4x": {"resources": {"CPU": 48, "GPU": 4}, "max_workers": 2},
+                },
+            }
+        )
+    )
     assert launcher_capacity() == {"workers": 5, "CPU": 4 * 4 + 2 * 48, "GPU": 4 + 2 * 4}
     assert _cluster_span([head_only]) == "the cluster can grow to 5 worker nodes (~/ray_bootstrap_config.yaml)"
     assert _cluster_span([head_only, head_only]) == "the cluster has 2 nodes"
@@ -250,20 +290,63 @@ def two_nodes():
     started = []
     try:
         started.append(mlflow_server(tmp, mlflow_port))
-        started.append(Sandboxed([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-                                  "--temp-dir", str(tmp / "head"), "--include-dashboard", "false",
-                                  "--dashboard-agent-listen-port", str(free_port()), *common],
-                                 binds={str(hosts_head): "/etc/hosts"}, env=env, log=tmp / "head.log"))
-        wait_for(lambda: "Ray runtime started" in started[-1].tail(100000) or not started[-1].alive(), 120,
-                 "the head node", on_fail=started[-1].tail)
-        started.append(Sandboxed([RAY, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.2",
-                                  "--temp-dir", str(tmp / "worker"), "--dashboard-agent-listen-port", str(free_port()),
-                                  *common], binds={str(hosts_worker): "/etc/hosts"}, env=env, log=tmp / "worker.log"))
-        wait_for(lambda: "Ray runtime started" in started[-1].tail(100000) or not started[-1].alive(), 120,
-                 "the worker node", on_fail=started[-1].tail)
+        started.append(
+            Sandboxed(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--port",
+                    str(gcs),
+                    "--temp-dir",
+                    str(tmp / "head"),
+                    "--include-dashboard",
+                    "false",
+                    "--dashboard-agent-listen-port",
+                    str(free_port()),
+                    *common,
+                ],
+                binds={str(hosts_head): "/etc/hosts"},
+                env=env,
+                log=tmp / "head.log",
+            )
+        )
+        wait_for(
+            lambda: "Ray runtime started" in started[-1].tail(100000) or not started[-1].alive(),
+            120,
+            "the head node",
+            on_fail=started[-1].tail,
+        )
+        started.append(
+            Sandboxed(
+                [
+                    RAY,
+                    "start",
+                    "--address",
+                    f"127.0.0.1:{gcs}",
+                    "--node-ip-address",
+                    "127.0.0.2",
+                    "--temp-dir",
+                    str(tmp / "worker"),
+                    "--dashboard-agent-listen-port",
+                    str(free_port()),
+                    *common,
+                ],
+                binds={str(hosts_worker): "/etc/hosts"},
+                env=env,
+                log=tmp / "worker.log",
+            )
+        )
+        wait_for(
+            lambda: "Ray runtime started" in started[-1].tail(100000) or not started[-1].alive(),
+            120,
+            "the worker node",
+            on_fail=started[-1].tail,
+        )
         assert all(s.alive() for s in started), [s.tail() for s in started]
-        yield {"tmp": tmp, "env": env, "address": f"127.0.0.1:{gcs}", "mlflow_port": mlflow_port,
-               "hosts": hosts_head}
+        yield {"tmp": tmp, "env": env, "address": f"127.0.0.1:{gcs}", "mlflow_port": mlflow_port, "hosts": hosts_head}
     finally:
         for s in reversed(started):
             s.stop()
@@ -274,10 +357,28 @@ def two_nodes():
 
 def search_on(cluster: dict, tmp_path: Path, *args: str) -> tuple[int, str]:
     """`python tune/search.py --address <cluster> ...` as a driver on the head's side (its name lookups)."""
-    proc = run_with_mounts([sys.executable, str(SEARCH), "--address", cluster["address"], "--trials", "2",
-                            "--search", "quickstart", "--name", "refused", "tracking.experiment=cluster-refusal",
-                            "data=synthetic", f"data.cache_dir={tmp_path}/cache", *args],
-                           binds={str(cluster["hosts"]): "/etc/hosts"}, env=cluster["env"], cwd=tmp_path, timeout=300)
+    proc = run_with_mounts(
+        [
+            sys.executable,
+            str(SEARCH),
+            "--address",
+            cluster["address"],
+            "--trials",
+            "2",
+            "--search",
+            "quickstart",
+            "--name",
+            "refused",
+            "tracking.experiment=cluster-refusal",
+            "data=synthetic",
+            f"data.cache_dir={tmp_path}/cache",
+            *args,
+        ],
+        binds={str(cluster["hosts"]): "/etc/hosts"},
+        env=cluster["env"],
+        cwd=tmp_path,
+        timeout=300,
+    )
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     if not last.startswith("search: error: "):  # for the failure message: what happened instead
         last += f"\n--- stdout:\n{proc.stdout[-3000:]}\n--- stderr:\n{proc.stderr[-5000:]}"

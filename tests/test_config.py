@@ -15,8 +15,11 @@ from adastft.train import CONFIG_DIR, compose, resolve
 from adastft.training import build_model
 
 GROUPS = ["data", "stft", "model", "optim", "train", "tracking"]
-NEEDS = {"data/gtzan": ["data.root=/data/gtzan"], "data/folder": ["data.root=/data/mine"],
-         "tracking/server": ["tracking.uri=http://127.0.0.1:5000"]}
+NEEDS = {
+    "data/gtzan": ["data.root=/data/gtzan"],
+    "data/folder": ["data.root=/data/mine"],
+    "tracking/server": ["tracking.uri=http://127.0.0.1:5000"],
+}
 
 
 def _compose(overrides: list[str]) -> Config:
@@ -58,18 +61,31 @@ def test_the_seven_original_trials_are_the_reports():
             assert cfg.optim.lr == pytest.approx(0.004217059205126061)
             assert cfg.optim.gamma == pytest.approx(0.9974547047513221)
             # the original's recipe, pinned while the defaults moved on
-            assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == \
-                (1, None, "exponential", 0.0)
-    assert sorted(seen.values()) == sorted([
-        (False, False, 1), (True, False, 1), (False, True, 1), (True, True, 1),
-        (True, False, 3), (False, True, 3), (True, True, 3),
-    ])
+            assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == (
+                1,
+                None,
+                "exponential",
+                0.0,
+            )
+    assert sorted(seen.values()) == sorted(
+        [
+            (False, False, 1),
+            (True, False, 1),
+            (False, True, 1),
+            (True, True, 1),
+            (True, False, 3),
+            (False, True, 3),
+            (True, True, 3),
+        ]
+    )
 
 
 def test_config_files_start_with_the_command_that_runs_them():
     for path in CONFIG_DIR.rglob("*.yaml"):
         head = path.read_text().splitlines()[:3]
-        assert any(cmd in line for line in head for cmd in ("python -m adastft.train", "mlflow ui", "python tune/search.py")), path
+        assert any(
+            cmd in line for line in head for cmd in ("python -m adastft.train", "mlflow ui", "python tune/search.py")
+        ), path
 
 
 BAD = [
@@ -81,15 +97,20 @@ BAD = [
     ({"train": {"epochs": 2.5}}, "train.epochs must be an integer, got 2.5"),
     ({"data": {"augment": "yes"}}, "data.augment must be true or false, got 'yes'"),
     ({"data": {"source": "gtzan"}}, "data.root is required for data.source='gtzan'"),
-    ({"data": {"source": "gtzn"}}, "data.source must be one of synthetic, gtzan, folder, got 'gtzn' (did you mean "
-                                   "'gtzan'?)"),
+    (
+        {"data": {"source": "gtzn"}},
+        "data.source must be one of synthetic, gtzan, folder, got 'gtzn' (did you mean 'gtzan'?)",
+    ),
     ({"model": {"backbone": "vgg16"}}, "model.backbone must be one of resnet18"),
     ({"model": {"n_frontends": 2}}, "model.n_frontends must be one of 1, 3, got 2"),
     ({"stft": {"n_fft": 1}}, "stft.n_fft must be an integer >= 2, got 1"),
     ({"stft": {"window": "gauss"}}, "stft.window must be one of"),
     ({"stft": {"n_fft": 64, "hop_length": 32}}, "stft.n_mels=128 leaves 70 empty mel filters with stft.n_fft=64"),
     ({"data": {"sample_rate": 16000}, "stft": {"f_max": 9000.0}}, "stft.f_max must be <= sample_rate / 2 = 8000"),
-    ({"data": {"parts": 1000, "clip_seconds": 6.0}}, "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024"),
+    (
+        {"data": {"parts": 1000, "clip_seconds": 6.0}},
+        "data.parts=1000 makes 0.006 s crops, too short for stft.n_fft=1024",
+    ),
     ({"data": {"noise_snr_db": [40, 10]}}, "data.noise_snr_db must be None or (low, high) with low <= high"),
     ({"data": {"freq_mask_bins": -1}}, "data.freq_mask_bins must be an integer >= 0, got -1"),
     ({"data": {"mixup_alpha": -1}}, "data.mixup_alpha must be > 0, got -1.0"),
@@ -99,15 +120,24 @@ BAD = [
     ({"model": {"dropout": 1.0}}, "model.dropout must be in [0, 1), got 1.0"),
     ({"optim": {"gamma": 1.5}}, "optim.gamma must be in (0, 1], got 1.5"),
     ({"train": {"device": "tpu"}}, "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
-    ({"data": {"crops_per_clip": 0}}, "data.crops_per_clip must be an integer >= 1 (random crops of each clip per "
-                                      "epoch; 1 is the original's recipe), got 0"),
-    ({"data": {"eval_parts": 0}}, "data.eval_parts must be None (vote over every part) or an integer >= 1 (that "
-                                  "many evenly spaced parts), got 0"),
-    ({"optim": {"schedule": "cosin"}}, "optim.schedule must be one of exponential, cosine, got 'cosin' "
-                                       "(did you mean 'cosine'?)"),
-    ({"optim": {"schedule": "exponential", "warmup_epochs": 2}},
-     "optim.warmup_epochs=2 needs optim.schedule=cosine (the exponential schedule has no warm-up): set "
-     "optim.schedule=cosine or optim.warmup_epochs=0"),
+    (
+        {"data": {"crops_per_clip": 0}},
+        "data.crops_per_clip must be an integer >= 1 (random crops of each clip per "
+        "epoch; 1 is the original's recipe), got 0",
+    ),
+    (
+        {"data": {"eval_parts": 0}},
+        "data.eval_parts must be None (vote over every part) or an integer >= 1 (that many evenly spaced parts), got 0",
+    ),
+    (
+        {"optim": {"schedule": "cosin"}},
+        "optim.schedule must be one of exponential, cosine, got 'cosin' (did you mean 'cosine'?)",
+    ),
+    (
+        {"optim": {"schedule": "exponential", "warmup_epochs": 2}},
+        "optim.warmup_epochs=2 needs optim.schedule=cosine (the exponential schedule has no warm-up): set "
+        "optim.schedule=cosine or optim.warmup_epochs=0",
+    ),
     ({"optim": {"warmup_epochs": -1}}, "optim.warmup_epochs must be >= 0, got -1.0"),
     ({"stft": {"compression": "pcen", "pcen_alpha": 1.5}}, "stft.pcen_alpha must be in [0, 1], got 1.5"),
     ({"stft": {"pcen_root": 0.5}}, "stft.pcen_root must be >= 1, got 0.5"),
@@ -125,8 +155,12 @@ def test_bad_config_is_one_line_naming_the_key(data, message):
 def test_defaults_are_the_measured_recipe_in_python_and_in_the_configs():
     # bench/time_to_accuracy.py measured these against the original's recipe (docs/training.md, Training recipe)
     for cfg in (Config(), _compose([]), _compose(["data=gtzan", "data.root=/data/gtzan"])):
-        assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == \
-            (4, 3, "cosine", 1.0)
+        assert (cfg.data.crops_per_clip, cfg.data.eval_parts, cfg.optim.schedule, cfg.optim.warmup_epochs) == (
+            4,
+            3,
+            "cosine",
+            1.0,
+        )
 
 
 def test_round_trip_and_dotted_overrides():
@@ -164,11 +198,17 @@ def test_the_stft_section_is_the_layers_signature():
     params = inspect.signature(AdaSTFT).parameters
     layer_keys = [f.name for f in dataclasses.fields(StftArguments)]
     assert layer_keys == [name for name in params if name not in ("sample_rate", *SWITCHES)]
-    assert {f.name: f.default for f in dataclasses.fields(StftArguments)} == \
-        {name: STFT_DEFAULTS.get(name, params[name].default) for name in layer_keys}
+    assert {f.name: f.default for f in dataclasses.fields(StftArguments)} == {
+        name: STFT_DEFAULTS.get(name, params[name].default) for name in layer_keys
+    }
     assert STFT_DEFAULTS == {"hop_length": 512, "compression": "log1p"}
-    assert [f.name for f in dataclasses.fields(StftConfig)] == \
-        layer_keys + ["learn_window", "learn_kernel", "learn_compression", "learn_after_epoch", "lr"]
+    assert [f.name for f in dataclasses.fields(StftConfig)] == layer_keys + [
+        "learn_window",
+        "learn_kernel",
+        "learn_compression",
+        "learn_after_epoch",
+        "lr",
+    ]
     assert _compose(["stft=fixed"]).stft == StftConfig() == Config().stft
     layer = AdaSTFT(**StftConfig(n_fft=512, n_mels=64).layer_kwargs(16000))
     assert set(layer.config()) == {"sample_rate", *layer_keys}
@@ -184,14 +224,22 @@ def test_checks_of_heavy_objects_build_none_of_them(monkeypatch):
     monkeypatch.setattr(functional, "dft_kernel", lambda *a, **k: pytest.fail("the DFT kernel was built"))
     monkeypatch.setattr(torchvision.models, "resnet152", lambda *a, **k: pytest.fail("resnet152 was built"))
     started = time.monotonic()
-    cfg = Config.from_dict({"stft": {"n_fft": 131072, "hop_length": 32768}, "model": {"backbone": "resnet152"},
-                            "data": {"parts": 1, "clip_seconds": 6.0}})
+    cfg = Config.from_dict(
+        {
+            "stft": {"n_fft": 131072, "hop_length": 32768},
+            "model": {"backbone": "resnet152"},
+            "data": {"parts": 1, "clip_seconds": 6.0},
+        }
+    )
     assert cfg.stft.n_fft == 131072 and time.monotonic() - started < 10
 
 
 OVERRIDES = [
-    (["stft=learn_bot"], "stft=learn_bot is not an option of stft (did you mean 'learn_both'?; available: fixed, "
-                         "learn_both, learn_kernel, learn_window, pcen)"),
+    (
+        ["stft=learn_bot"],
+        "stft=learn_bot is not an option of stft (did you mean 'learn_both'?; available: fixed, "
+        "learn_both, learn_kernel, learn_window, pcen)",
+    ),
     (["experiment=nope"], "experiment=nope is not an option of experiment (available: original_3stft_learn_both,"),
     (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
     (["++train.epoch=3"], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
@@ -237,12 +285,21 @@ def test_pcen_compression_composes_and_learns_from_learn_after_epoch():
     cfg = _compose(["stft=pcen", "stft.pcen_delta=0.5", "stft.learn_after_epoch=1"])
     assert (cfg.stft.compression, cfg.stft.learn_compression, cfg.stft.pcen_delta) == ("pcen", True, 0.5)
     assert not cfg.stft.learn_window and not cfg.stft.learn_kernel
-    assert Config.from_dict({"stft": {"compression": "pcen", "learn_compression": True, "pcen_delta": 0.5,
-                                      "learn_after_epoch": 1}}).stft == cfg.stft
+    assert (
+        Config.from_dict(
+            {"stft": {"compression": "pcen", "learn_compression": True, "pcen_delta": 0.5, "learn_after_epoch": 1}}
+        ).stft
+        == cfg.stft
+    )
     model = build_model(cfg, num_classes=10)
     torch.testing.assert_close(model.frontend.pcen.values()["delta"], torch.full((128,), 0.5))
-    state = SimpleNamespace(cfg=cfg, model=model, switches=None, net=None,
-                            ctx=SimpleNamespace(distributed=False, device=torch.device("cpu")))
+    state = SimpleNamespace(
+        cfg=cfg,
+        model=model,
+        switches=None,
+        net=None,
+        ctx=SimpleNamespace(distributed=False, device=torch.device("cpu")),
+    )
     for epoch, learns in ((0, False), (1, True)):
         _set_learning(state, epoch)
         assert model.frontend.learn_compression == learns and not model.frontend.learn_window
@@ -266,10 +323,13 @@ def test_one_run_validates_its_config_once_and_each_multirun_job_once(tmp_path):
         "from adastft.train import main; sys.argv = ['adastft.train', *sys.argv[1:]];"
         "exec('try: main()\\nexcept SystemExit: pass'); print('validations', len(calls))"
     )
-    for args, count in ((["tracking=off", f"train.out_dir={tmp_path}/run"], 1),
-                        (["-m", "tracking=off", "train.seed=0,1"], 2)):
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
-                              cwd=tmp_path)
+    for args, count in (
+        (["tracking=off", f"train.out_dir={tmp_path}/run"], 1),
+        (["-m", "tracking=off", "train.seed=0,1"], 2),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
         assert f"validations {count}" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
@@ -280,12 +340,20 @@ def test_one_run_validates_its_config_once_and_each_multirun_job_once(tmp_path):
         (["data=gtzan"], "adastft.train: error: data.root is required"),
         (["+train.epoch=3"], "adastft.train: error: unknown key 'train.epoch' (did you mean 'epochs'?)"),
         (["data=gtzan", "data.root=/nonexistent"], "adastft.train: error: GTZAN root '/nonexistent' does not exist"),
-        (["tracking=server", "tracking.uri=http://127.0.0.1:9"], "adastft.train: error: MLflow tracking server http://127.0.0.1:9 is unreachable"),
+        (
+            ["tracking=server", "tracking.uri=http://127.0.0.1:9"],
+            "adastft.train: error: MLflow tracking server http://127.0.0.1:9 is unreachable",
+        ),
     ],
 )
 def test_cli_rejects_bad_config_before_work(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "adastft.train", *args, f"train.out_dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adastft.train", *args, f"train.out_dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "mlflow.db").exists()
@@ -320,8 +388,14 @@ def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_sh
         if "/data: gtzan" in experiment.read_text():
             overrides.append(f"data.root={CONFIG_DIR}")  # any folder: not read here
         assert advice(_compose(overrides)) == [], experiment.name
-    lines = advice(Config.from_dict({"optim": {"lr": 5.0}, "stft": {"lr": 0.5, "hop_length": 2048, "learn_window": True,
-                                                                     "learn_after_epoch": 30}}))
+    lines = advice(
+        Config.from_dict(
+            {
+                "optim": {"lr": 5.0},
+                "stft": {"lr": 0.5, "hop_length": 2048, "learn_window": True, "learn_after_epoch": 30},
+            }
+        )
+    )
     assert lines == [
         "optim.lr=5 is far above adamw's usual range (at most 0.1): training will most likely diverge",
         "stft.lr=0.5 is far above adamw's usual range (at most 0.1): training will most likely diverge",
@@ -331,13 +405,16 @@ def test_advice_warns_of_valid_but_suspicious_values_and_stays_quiet_on_every_sh
     assert advice(Config.from_dict({"optim": {"name": "sgd", "lr": 0.5}})) == []  # SGD's range is wider
     assert advice(Config.from_dict({"data": {"augment": False, "mixup_alpha": 0.4}})) == [
         "data.augment=false switches every training augmentation off, data.mixup_alpha=0.4 too: "
-        "set data.augment=true to mix"]
+        "set data.augment=true to mix"
+    ]
     assert advice(Config.from_dict({"stft": {"learn_compression": True}})) == [
-        "stft.learn_compression=true does nothing with stft.compression=log1p: only pcen has parameters to learn"]
+        "stft.learn_compression=true does nothing with stft.compression=log1p: only pcen has parameters to learn"
+    ]
     assert advice(_compose(["stft=pcen"])) == []
     assert advice(Config.from_dict({"optim": {"warmup_epochs": 5}, "train": {"epochs": 1}})) == [
         "optim.warmup_epochs=5 is more than half of train.epochs=1: the warm-up is cut to 0.5 epochs so that the "
-        "learning rate still decays; lower optim.warmup_epochs or raise train.epochs"]
+        "learning rate still decays; lower optim.warmup_epochs or raise train.epochs"
+    ]
     assert advice(Config.from_dict({"train": {"epochs": 1}})) == []  # the default's cut is documented
 
 
@@ -349,13 +426,27 @@ def test_the_commands_print_advice_before_work(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(CONFIG_DIR.parents[1] / "tune/search.py"), "--address", f"127.0.0.1:{port}",
-                           "experiment=quickstart", "optim.lr=3", "stft.learn_after_epoch=30"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(CONFIG_DIR.parents[1] / "tune/search.py"),
+            "--address",
+            f"127.0.0.1:{port}",
+            "experiment=quickstart",
+            "optim.lr=3",
+            "stft.learn_after_epoch=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("search: warning:")]
-    assert warnings == ["search: warning: stft.learn_after_epoch=30 is not before the last epoch (train.epochs=5): "
-                        "the front end never learns"], proc.stderr  # optim.lr: the default space samples it
+    assert warnings == [
+        "search: warning: stft.learn_after_epoch=30 is not before the last epoch (train.epochs=5): "
+        "the front end never learns"
+    ], proc.stderr  # optim.lr: the default space samples it
 
 
 def test_model_memory_estimate_matches_what_training_allocates():
@@ -381,10 +472,25 @@ def test_a_model_that_cannot_fit_is_refused_before_anything_is_built(tmp_path):
     """A learnable 131072-point kernel: 64 GiB per copy, at least 320 GiB with its gradient and AdamW's
     state, more than any machine this runs on has free."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "adastft.train", "experiment=quickstart", "stft.n_fft=131072",
-                           "stft.hop_length=32768", "stft.learn_kernel=true", "data.parts=1", "data.clip_seconds=6",
-                           "tracking=off", f"train.out_dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adastft.train",
+            "experiment=quickstart",
+            "stft.n_fft=131072",
+            "stft.hop_length=32768",
+            "stft.learn_kernel=true",
+            "data.parts=1",
+            "data.clip_seconds=6",
+            "tracking=off",
+            f"train.out_dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert lines[-1].startswith("adastft.train: error: the model needs at least 320."), lines[-1]
@@ -393,11 +499,14 @@ def test_a_model_that_cannot_fit_is_refused_before_anything_is_built(tmp_path):
     assert not (tmp_path / ".cache").exists()  # the data cache was not built
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
-    ({"eval_batch_size": 0}, "data.eval_batch_size must be a positive integer, got 0"),
-    ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
+        ({"eval_batch_size": 0}, "data.eval_batch_size must be a positive integer, got 0"),
+        ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
+    ],
+)
 def test_batching_is_checked_once_by_the_loaders_check_and_named_by_its_key(bad, message):
     from adastft.data import check_batching
 
@@ -414,14 +523,28 @@ def test_a_space_checks_the_stft_shape_keys_together_and_the_default_space_fits_
     from tune.space import SearchSpec
 
     default = yaml.safe_load((CONFIG_DIR / "search" / "default.yaml").read_text())
-    assert "optim.gamma" not in default["space"] and {"stft.n_fft", "stft.n_mels", "stft.learn_win_length",
-                                                        "stft.compression", "data.mixup_alpha"} <= set(default["space"])
-    small = Config.from_dict({"data": {"sample_rate": 8000, "clip_seconds": 2.0, "parts": 2},
-                              "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32}})
+    assert "optim.gamma" not in default["space"] and {
+        "stft.n_fft",
+        "stft.n_mels",
+        "stft.learn_win_length",
+        "stft.compression",
+        "data.mixup_alpha",
+    } <= set(default["space"])
+    small = Config.from_dict(
+        {
+            "data": {"sample_rate": 8000, "clip_seconds": 2.0, "parts": 2},
+            "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32},
+        }
+    )
     SearchSpec.from_dict(default, small)  # n_mels=96 alone would not fit n_fft=256, but n_fft is sampled too
     SearchSpec.from_dict(default, Config())
-    space = {"stft.n_fft": {"type": "categorical", "choices": [512, 1024]},
-             "stft.n_mels": {"type": "categorical", "choices": [64, 96]}}
-    with pytest.raises(ConfigError, match=r"search.space.\{stft.n_fft=512, stft.n_mels=96\}: stft.n_mels=96 leaves 1 "
-                                          r"empty mel filters with stft.n_fft=512"):
+    space = {
+        "stft.n_fft": {"type": "categorical", "choices": [512, 1024]},
+        "stft.n_mels": {"type": "categorical", "choices": [64, 96]},
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"search.space.\{stft.n_fft=512, stft.n_mels=96\}: stft.n_mels=96 leaves 1 "
+        r"empty mel filters with stft.n_fft=512",
+    ):
         SearchSpec.from_dict({"space": space}, Config())

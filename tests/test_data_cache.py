@@ -154,7 +154,9 @@ def test_file_truncated_inside_its_data_is_decoded_and_padded(tmp_path):
     root = write_folder(tmp_path / "d", {"a": 2}, seconds=0.1)
     whole = (root / "a" / "a_0.wav").read_bytes()
     (root / "a" / "a_0.wav").write_bytes(whole[: 44 + 2 * 200])  # header + 200 of 800 PCM_16 frames
-    with pytest.warns(BadAudioWarning, match=r"padded 1 short files with silence: a/a_0\.wav \(0\.03 s padded to 0\.1 s\)"):
+    with pytest.warns(
+        BadAudioWarning, match=r"padded 1 short files with silence: a/a_0\.wav \(0\.03 s padded to 0\.1 s\)"
+    ):
         store = prepare(_spec(root, tmp_path / "c", clip_seconds=0.1))
     clip = store.audio(store.names.index("a/a_0.wav"))
     assert clip[:190].any() and not clip[200:].any()
@@ -199,8 +201,17 @@ _CHILD = textwrap.dedent(
 def test_two_processes_building_at_once_make_one_valid_cache(tmp_path):
     go, cache = tmp_path / "go", tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(go), str(cache)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(go), str(cache)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     go.touch()  # both start prepare() within a few milliseconds

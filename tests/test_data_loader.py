@@ -8,8 +8,19 @@ import soundfile as sf
 import torch
 
 from adastft.data import (
-    Augment, DataSpec, EvalParts, Mixup, SpecAugment, TrainCrops, eval_loader, prepare, spaced_parts, spec_augment,
-    train_loader, vote, vote_accuracy,
+    Augment,
+    DataSpec,
+    EvalParts,
+    Mixup,
+    SpecAugment,
+    TrainCrops,
+    eval_loader,
+    prepare,
+    spaced_parts,
+    spec_augment,
+    train_loader,
+    vote,
+    vote_accuracy,
 )
 from data_helpers import RATE
 
@@ -25,8 +36,18 @@ def ramp_store(tmp_path_factory):
         for i in range(5):
             ramp = (np.arange(CLIP) + 1000 * (5 * c + i)) / 4096
             sf.write(base / "d" / name / f"{i}.wav", ramp.astype(np.float32) / 4, RATE, subtype="FLOAT")
-    return prepare(DataSpec(source="folder", root=str(base / "d"), cache_dir=str(base / "c"), sample_rate=RATE,
-                            clip_seconds=CLIP / RATE, val_fraction=0.2, test_fraction=0.2, seed=0))
+    return prepare(
+        DataSpec(
+            source="folder",
+            root=str(base / "d"),
+            cache_dir=str(base / "c"),
+            sample_rate=RATE,
+            clip_seconds=CLIP / RATE,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            seed=0,
+        )
+    )
 
 
 def _positions(x: torch.Tensor) -> np.ndarray:
@@ -74,12 +95,15 @@ def test_crops_per_clip_draws_that_many_crops_of_every_clip(ramp_store):
         crop, label = ds[k]
         i = int(ds.indices[k // 3])
         start = int(_positions(crop)[0])
-        assert torch.equal(crop, torch.tensor(ramp_store.audio(i)[start:start + 100]))  # from clip k // 3
+        assert torch.equal(crop, torch.tensor(ramp_store.audio(i)[start : start + 100]))  # from clip k // 3
         assert label == ramp_store.labels[i]
     starts = {int(_positions(ds[k][0])[0]) for k in range(3)}
     assert len(starts) == 3  # three different crops of the first clip
-    with pytest.raises(ValueError, match=r"crops_per_clip must be an integer >= 1 \(random crops of each clip per "
-                                         r"epoch; 1 is the original's recipe\), got 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"crops_per_clip must be an integer >= 1 \(random crops of each clip per "
+        r"epoch; 1 is the original's recipe\), got 0",
+    ):
         TrainCrops(ramp_store, parts=4, crops_per_clip=0)
 
 
@@ -92,8 +116,11 @@ def test_eval_parts_picks_evenly_spaced_segments(ramp_store):
     segments, label = some[1]
     assert segments.shape == (2, 100) and label == every[1][1]
     assert torch.equal(segments, every[1][0][[1, 3]])
-    with pytest.raises(ValueError, match=r"eval_parts must be None \(vote over every part\) or an integer >= 1 "
-                                         r"\(that many evenly spaced parts\), got 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"eval_parts must be None \(vote over every part\) or an integer >= 1 "
+        r"\(that many evenly spaced parts\), got 0",
+    ):
         EvalParts(ramp_store, split="test", parts=4, eval_parts=0)
 
 
@@ -132,17 +159,23 @@ def test_dataset_arguments_are_checked(ramp_store):
 
 
 # Hand-made logits: 3 clips x 3 parts x 3 classes.
-_LOGITS = torch.log(torch.tensor([
-    [[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]],    # majority 0
-    [[0.1, 0.5, 0.4], [0.1, 0.4, 0.5], [0.9, 0.05, 0.05]],  # 1-1-1 tie; mean prob picks 0
-    [[0.4, 0.35, 0.25], [0.4, 0.3, 0.3], [0.0, 1.0, 0.0]],  # majority 0, mean prob 1
-]).clamp_min(1e-6))
+_LOGITS = torch.log(
+    torch.tensor(
+        [
+            [[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]],  # majority 0
+            [[0.1, 0.5, 0.4], [0.1, 0.4, 0.5], [0.9, 0.05, 0.05]],  # 1-1-1 tie; mean prob picks 0
+            [[0.4, 0.35, 0.25], [0.4, 0.3, 0.3], [0.0, 1.0, 0.0]],  # majority 0, mean prob 1
+        ]
+    ).clamp_min(1e-6)
+)
 
 
 def test_vote_majority_with_mean_probability_tie_break():
     assert vote(_LOGITS).tolist() == [0, 0, 0]
     assert vote(_LOGITS, method="mean").tolist() == [0, 0, 1]
-    tie = torch.log(torch.tensor([[[0.6, 0.4, 0.0], [0.0, 0.9, 0.1], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]]]).clamp_min(1e-6))
+    tie = torch.log(
+        torch.tensor([[[0.6, 0.4, 0.0], [0.0, 0.9, 0.1], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]]]).clamp_min(1e-6)
+    )
     assert vote(tie).tolist() == [1]  # 2 votes each for 0 and 1; 1 has the higher mean probability
 
 
@@ -198,7 +231,9 @@ def test_augment_gain_delay_and_noise_are_exact():
 
 
 def test_augment_checks_arguments():
-    with pytest.raises(ValueError, match=r"noise_snr_db must be None or \(low, high\) with low <= high, got \(30, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"noise_snr_db must be None or \(low, high\) with low <= high, got \(30, 10\)"
+    ):
         Augment(noise_snr_db=(30, 10))
     with pytest.raises(ValueError, match="max_delay_s must be None or >= 0 seconds, got -1"):
         Augment(max_delay_s=-1)

@@ -102,8 +102,18 @@ def test_gtzan_genre_folders_without_audio(tmp_path):
 
 def test_folder_source_with_random_split(tmp_path):
     root = write_folder(tmp_path / "data", {"cat": 10, "dog": 10, "owl": 5})
-    store = prepare(DataSpec(source="folder", root=str(root), cache_dir=str(tmp_path / "c"), sample_rate=RATE,
-                             clip_seconds=SECONDS, val_fraction=0.2, test_fraction=0.2, seed=3))
+    store = prepare(
+        DataSpec(
+            source="folder",
+            root=str(root),
+            cache_dir=str(tmp_path / "c"),
+            sample_rate=RATE,
+            clip_seconds=SECONDS,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            seed=3,
+        )
+    )
     assert store.classes == ["cat", "dog", "owl"]
     assert np.bincount(store.labels).tolist() == [10, 10, 5]
     assert np.bincount(store.labels[store.indices("test")]).tolist() == [2, 2, 1]
@@ -114,8 +124,14 @@ def test_folder_source_with_split_files(tmp_path):
     root = write_folder(tmp_path / "data", {"a": 3, "b": 3})
     listing = tmp_path / "test.txt"
     listing.write_text("# held out\na/a_2.wav\nb/b_2\n")
-    spec = DataSpec(source="folder", root=str(root), cache_dir=str(tmp_path / "c"), sample_rate=RATE,
-                    clip_seconds=SECONDS, split_files={"train": ["a/a_0", "b/b_0", "a_1"], "test": str(listing)})
+    spec = DataSpec(
+        source="folder",
+        root=str(root),
+        cache_dir=str(tmp_path / "c"),
+        sample_rate=RATE,
+        clip_seconds=SECONDS,
+        split_files={"train": ["a/a_0", "b/b_0", "a_1"], "test": str(listing)},
+    )
     store = prepare(spec)
     assert sorted(store.names[i] for i in store.indices("test")) == ["a/a_2.wav", "b/b_2.wav"]
     assert sorted(store.names[i] for i in store.indices("train")) == ["a/a_0.wav", "a/a_1.wav", "b/b_0.wav"]
@@ -131,13 +147,25 @@ def test_folder_handles_stereo_other_rates_and_flac(tmp_path):
     sf.write(root / "x" / "mono8k.ogg", stereo[::2, 0], 8000)
     with warnings.catch_warnings():
         warnings.simplefilter("error", BadAudioWarning)
-        store = prepare(DataSpec(source="folder", root=str(root), cache_dir=str(tmp_path / "c"), sample_rate=RATE,
-                                 clip_seconds=1.0, split="random", test_fraction=0.0, val_fraction=0.0))
+        store = prepare(
+            DataSpec(
+                source="folder",
+                root=str(root),
+                cache_dir=str(tmp_path / "c"),
+                sample_rate=RATE,
+                clip_seconds=1.0,
+                split="random",
+                test_fraction=0.0,
+                val_fraction=0.0,
+            )
+        )
     i = store.names.index("x/stereo16k.flac")
     audio = store.audio(i)
     assert audio.shape == (RATE,)
     # downmixed (half amplitude) and resampled to 8 kHz: 100 Hz has 80 samples per period
-    np.testing.assert_allclose(audio[1000:1400], 0.5 * np.sin(2 * np.pi * 100 * np.arange(1000, 1400) / RATE), atol=2e-3)
+    np.testing.assert_allclose(
+        audio[1000:1400], 0.5 * np.sin(2 * np.pi * 100 * np.arange(1000, 1400) / RATE), atol=2e-3
+    )
 
 
 def test_empty_folder_root(tmp_path):
@@ -179,8 +207,9 @@ def test_spec_defaults():
 
 
 def _folder_spec(root, cache, **overrides) -> DataSpec:
-    return DataSpec(source="folder", root=str(root), cache_dir=str(cache), sample_rate=RATE, clip_seconds=SECONDS,
-                    **overrides)
+    return DataSpec(
+        source="folder", root=str(root), cache_dir=str(cache), sample_rate=RATE, clip_seconds=SECONDS, **overrides
+    )
 
 
 def test_silent_clips_are_named_and_refused_where_they_are_most_of_a_class(tmp_path):
@@ -188,16 +217,22 @@ def test_silent_clips_are_named_and_refused_where_they_are_most_of_a_class(tmp_p
     root = write_folder(tmp_path / "music", {"a": 4, "b": 4})
     sf.write(root / "a" / "a_0.wav", np.zeros(int(RATE * SECONDS), np.float32), RATE)  # digital silence
     sf.write(root / "b" / "b_1.wav", np.full(int(RATE * SECONDS), 1e-4, np.float32), RATE)  # -80 dBFS, -81 in 16 bits
-    with pytest.warns(BadAudioWarning, match=r"2 clips are silent or nearly \(RMS below -60 dBFS\) and teach "
-                                             r"nothing: a/a_0\.wav \(-200 dBFS\); b/b_1\.wav \(-8\d dBFS\)"):
+    with pytest.warns(
+        BadAudioWarning,
+        match=r"2 clips are silent or nearly \(RMS below -60 dBFS\) and teach "
+        r"nothing: a/a_0\.wav \(-200 dBFS\); b/b_1\.wav \(-8\d dBFS\)",
+    ):
         store = prepare(_folder_spec(root, tmp_path / "cache"))
     assert len(store) == 8 and store.rms_db[store.names.index("a/a_1.wav")] > -10  # a tone at 0.5: about -9 dBFS
     with pytest.raises(DataError, match=r"2 clips are silent .* use on_bad='skip'"):
         prepare(_folder_spec(root, tmp_path / "cache", on_bad="error"))
     for i in (1, 2):
         sf.write(root / "a" / f"a_{i}.wav", np.zeros(int(RATE * SECONDS), np.float32), RATE)
-    with pytest.raises(DataError, match=r"^3 of 4 clips of class 'a' are silent or nearly \(RMS below -60 dBFS\): "
-                                        r"a/a_0\.wav \(-200 dBFS\); a/a_1\.wav .*the class cannot be learned"):
+    with pytest.raises(
+        DataError,
+        match=r"^3 of 4 clips of class 'a' are silent or nearly \(RMS below -60 dBFS\): "
+        r"a/a_0\.wav \(-200 dBFS\); a/a_1\.wav .*the class cannot be learned",
+    ):
         prepare(_folder_spec(root, tmp_path / "cache"))
 
 
@@ -208,6 +243,9 @@ def test_split_list_names_that_match_no_clip_are_listed(tmp_path):
         store = prepare(_folder_spec(root, tmp_path / "cache", split_files=lists))
     assert len(store.indices("train")) == 4 and len(store.indices("val")) == 2
     typo = dict(lists, test=["a_2.wave", "b/b_2x"])  # mistyped: a list was given, none of it matches
-    with pytest.raises(DataError, match=r"^no name in split_files\['test'\] matches a clip under .* \(2 given, 0 of "
-                                        r"them skipped as unusable\): 'a_2\.wave', 'b/b_2x'; names are paths relative"):
+    with pytest.raises(
+        DataError,
+        match=r"^no name in split_files\['test'\] matches a clip under .* \(2 given, 0 of "
+        r"them skipped as unusable\): 'a_2\.wave', 'b/b_2x'; names are paths relative",
+    ):
         prepare(_folder_spec(root, tmp_path / "cache", split_files=typo))

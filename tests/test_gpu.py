@@ -70,13 +70,25 @@ def test_two_epochs_with_amp_on_cuda_leave_a_checkpoint_that_loads_on_cpu(tmp_pa
 
 @needs_cuda
 def test_two_trials_share_the_gpu_at_the_same_time(tmp_path):
-    proc = run_search(tmp_path, "--trials", "4", "--gpus-per-trial", "0.5", "--scheduler", "none",
-                      "--search", str(space_file(tmp_path)), "--name", "packed", *tiny(tmp_path, epochs=3))
+    proc = run_search(
+        tmp_path,
+        "--trials",
+        "4",
+        "--gpus-per-trial",
+        "0.5",
+        "--scheduler",
+        "none",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        "packed",
+        *tiny(tmp_path, epochs=3),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _, _, children = child_runs(tmp_path, "packed")
     assert len(children) == 4 and all(r.data.params["train.device"] == "cuda" for r in children)
     spans = sorted((r.info.start_time, r.info.end_time) for r in children)
-    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
     assert overlapping, f"no two trials ran at the same time: {spans}"
 
 
@@ -93,12 +105,27 @@ def test_predict_runs_on_cuda(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a 2-worker NCCL trial needs 2 GPUs; this machine has "
-                    f"{torch.cuda.device_count()}")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason=f"a 2-worker NCCL trial needs 2 GPUs; this machine has {torch.cuda.device_count()}",
+)
 def test_a_two_worker_ddp_trial_over_nccl(tmp_path):
-    proc = run_search(tmp_path, "--trials", "1", "--workers-per-trial", "2", "--gpus-per-trial", "1",
-                      "--scheduler", "none", "--search", str(space_file(tmp_path)), "--name", "nccl",
-                      *tiny(tmp_path, epochs=2))
+    proc = run_search(
+        tmp_path,
+        "--trials",
+        "1",
+        "--workers-per-trial",
+        "2",
+        "--gpus-per-trial",
+        "1",
+        "--scheduler",
+        "none",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        "nccl",
+        *tiny(tmp_path, epochs=2),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, _, (run,) = child_runs(tmp_path, "nccl")
     assert run.info.status == "FINISHED" and run.data.params["train.device"] == "cuda"

@@ -45,7 +45,9 @@ CASES = [
     dict(n_fft=400, hop_length=160, n_mels=64, power=1.0, pad_mode="constant", window="kaiser"),
 ]
 _WINDOW_FNS = {
-    "hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window,
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+    "blackman": torch.blackman_window,
     "kaiser": torch.kaiser_window,
 }
 
@@ -67,7 +69,9 @@ def test_equals_torchaudio_melspectrogram_at_init(case, path):
 
 
 @pytest.mark.parametrize("path", ["fft", "kernel"])
-@pytest.mark.parametrize("n_fft,hop,win,center", [(512, 128, 512, True), (256, 64, 200, False), (1024, 256, 1024, True)])
+@pytest.mark.parametrize(
+    "n_fft,hop,win,center", [(512, 128, 512, True), (256, 64, 200, False), (1024, 256, 1024, True)]
+)
 def test_linear_spectrogram_equals_torch_stft_magnitude(path, n_fft, hop, win, center):
     layer = AdaSTFT(n_fft=n_fft, hop_length=hop, win_length=win, n_mels=None, power=1.0, center=center)
     if path == "kernel":
@@ -238,7 +242,9 @@ def test_state_dict_round_trip(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("learn_kernel", [False, True])
 def test_torch_compile_matches_eager(learn_kernel):
-    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="log1p", learn_window=True, learn_kernel=learn_kernel)
+    layer = AdaSTFT(
+        n_fft=256, hop_length=64, n_mels=32, compression="log1p", learn_window=True, learn_kernel=learn_kernel
+    )
     compiled = torch.compile(layer)
     x = _signal(batch=2, length=2000)
     out = compiled(x)
@@ -285,7 +291,10 @@ BAD = [
     (dict(n_fft=512, hop_length=0), "hop_length must be an integer >= 1, got 0"),
     (dict(n_fft=512, win_length=600), r"win_length must be an integer in \[1, n_fft=512\], got 600"),
     (dict(sample_rate=16000, f_max=9000.0), "f_max must be <= sample_rate / 2 = 8000, got 9000.0"),
-    (dict(n_fft=64, n_mels=128), "n_mels=128 leaves .* empty mel filters with n_fft=64 .*use fewer mels or a larger n_fft"),
+    (
+        dict(n_fft=64, n_mels=128),
+        "n_mels=128 leaves .* empty mel filters with n_fft=64 .*use fewer mels or a larger n_fft",
+    ),
     (dict(window="gauss"), "window must be one of hann, hamming, blackman, bartlett, kaiser, rectangular, got 'gauss'"),
     (dict(compression="log"), "compression must be one of none, log1p, db, pcen, got 'log'"),
     (dict(mel_scale="bark"), "mel_scale must be 'htk' or 'slaney', got 'bark'"),
@@ -333,12 +342,14 @@ def test_classifier_checks_its_arguments_without_building_the_backbone(monkeypat
     monkeypatch.setattr(torchvision.models, "resnet152", lambda *a, **k: pytest.fail("resnet152 was built"))
     good = dict(n_frontends=1, backbone="resnet152", activation=None, norm="batch", dropout=0.2)
     AdaSTFTClassifier.check_arguments(**good)
-    for bad, message in [(dict(n_frontends=2), "n_frontends must be one of 1, 3, got 2"),
-                         (dict(backbone="resnet15"), r"backbone must be one of resnet18, .*, got 'resnet15' \(did you"),
-                         (dict(activation="relu"), "activation must be one of None, leaky_relu, got 'relu'"),
-                         (dict(norm="layer"), "norm must be one of batch, instance, none, got 'layer'"),
-                         (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
-                         (dict(num_classes=1), "num_classes must be >= 2, got 1")]:
+    for bad, message in [
+        (dict(n_frontends=2), "n_frontends must be one of 1, 3, got 2"),
+        (dict(backbone="resnet15"), r"backbone must be one of resnet18, .*, got 'resnet15' \(did you"),
+        (dict(activation="relu"), "activation must be one of None, leaky_relu, got 'relu'"),
+        (dict(norm="layer"), "norm must be one of batch, instance, none, got 'layer'"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (dict(num_classes=1), "num_classes must be >= 2, got 1"),
+    ]:
         with pytest.raises(ValueError, match=message):
             AdaSTFTClassifier.check_arguments(**{**good, **bad})
     with pytest.raises(ValueError, match="n_frontends must be one of 1, 3, got 2"):  # the constructor agrees
@@ -348,7 +359,10 @@ def test_classifier_checks_its_arguments_without_building_the_backbone(monkeypat
 @pytest.mark.parametrize(
     "x,message",
     [
-        (torch.zeros(2, 2, 2, 400), r"input must be \(time\), \(batch, time\) or \(batch, channels, time\), got shape \(2, 2, 2, 400\)"),
+        (
+            torch.zeros(2, 2, 2, 400),
+            r"input must be \(time\), \(batch, time\) or \(batch, channels, time\), got shape \(2, 2, 2, 400\)",
+        ),
         (torch.zeros(2, 400, dtype=torch.int16), "input must be a real floating-point tensor, got torch.int16"),
         (torch.zeros(2, 400, dtype=torch.complex64), "input must be a real floating-point tensor, got torch.complex64"),
         ([0.0] * 400, "input must be a real floating-point tensor, got list"),
@@ -464,8 +478,9 @@ def test_pcen_gradients_are_finite_on_silence(signal):
 
 @pytest.mark.parametrize("learn_compression", [False, True])
 def test_gradients_reach_pcen_only_when_it_learns(learn_compression):
-    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen", learn_window=True,
-                    learn_compression=learn_compression)
+    layer = AdaSTFT(
+        n_fft=256, hop_length=64, n_mels=32, compression="pcen", learn_window=True, learn_compression=learn_compression
+    )
     assert layer.learn_compression == learn_compression
     layer(_signal(batch=2, length=2000)).sum().backward()
     for p in layer.pcen.parameters():
@@ -502,8 +517,16 @@ def test_pcen_parameters_are_in_every_front_end_group_and_switch():
 
 
 def _learned_pcen_layer() -> AdaSTFT:
-    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, compression="pcen", pcen_alpha=0.9, learn_window=True,
-                    learn_kernel=True, learn_compression=True)
+    layer = AdaSTFT(
+        n_fft=256,
+        hop_length=64,
+        n_mels=32,
+        compression="pcen",
+        pcen_alpha=0.9,
+        learn_window=True,
+        learn_kernel=True,
+        learn_compression=True,
+    )
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     x = _signal(batch=2, length=2000)
     for _ in range(3):
@@ -540,8 +563,15 @@ def test_pcen_export_then_load_reproduces_output_exactly(tmp_path):
 def test_pcen_state_dict_round_trip():
     layer = _learned_pcen_layer()
     _assert_state_dict_round_trip(layer, n_fft=256, hop_length=64, n_mels=32, compression="pcen")
-    assert set(layer.state_dict()) == {"window", "kernel", "mel_fb", "pcen.smoothing_logit", "pcen.alpha",
-                                       "pcen.log_delta", "pcen.root"}
+    assert set(layer.state_dict()) == {
+        "window",
+        "kernel",
+        "mel_fb",
+        "pcen.smoothing_logit",
+        "pcen.alpha",
+        "pcen.log_delta",
+        "pcen.root",
+    }
 
 
 def test_small_cnn_back_end_is_a_choice_of_the_classifier_and_the_memory_check():
@@ -586,6 +616,9 @@ def test_kernel_path_gradients_equal_the_convolutions(monkeypatch, chunk, learn,
             assert got is None
         else:
             torch.testing.assert_close(got, want)
-    inputs = (signal.detach()[:, :60].requires_grad_(), taps.detach().requires_grad_(learn != "window"),
-              window.detach().requires_grad_(learn != "taps"))
+    inputs = (
+        signal.detach()[:, :60].requires_grad_(),
+        taps.detach().requires_grad_(learn != "window"),
+        window.detach().requires_grad_(learn != "taps"),
+    )
     assert torch.autograd.gradcheck(lambda s, k, w: AFN._StridedFilters.apply(s, k, w, hop), inputs)

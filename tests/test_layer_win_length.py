@@ -11,8 +11,13 @@ from adastft import AdaSTFT
 from adastft import functional as AFN
 from adastft.config import Config, ConfigError
 
-_WINDOW_FNS = {"hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window,
-               "bartlett": torch.bartlett_window, "kaiser": torch.kaiser_window}
+_WINDOW_FNS = {
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+    "blackman": torch.blackman_window,
+    "bartlett": torch.bartlett_window,
+    "kaiser": torch.kaiser_window,
+}
 
 
 def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
@@ -26,7 +31,7 @@ def _signal(batch: int = 3, length: int = 8000, seed: int = 0) -> torch.Tensor:
 def test_taper_at_an_integer_length_is_the_named_window(name, n_fft, win):
     placed = torch.zeros(n_fft)
     left = (n_fft - win) // 2  # where torch.stft puts a short window
-    placed[left:left + win] = AFN.make_window(name, win)
+    placed[left : left + win] = AFN.make_window(name, win)
     taper = AFN.tapered_window(name, torch.tensor(float(win)), n_fft, ((n_fft - win) / 2) % 1)
     torch.testing.assert_close(taper, placed, rtol=0, atol=2e-6)
 
@@ -34,10 +39,10 @@ def test_taper_at_an_integer_length_is_the_named_window(name, n_fft, win):
 @pytest.mark.parametrize("path", ["fft", "kernel"])
 @pytest.mark.parametrize("window,win", [("hann", None), ("hann", 300), ("hamming", 401), ("kaiser", 512)])
 def test_equals_torchaudio_at_init(path, window, win):
-    reference = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=win, hop_length=128, n_mels=64,
-                                                     window_fn=_WINDOW_FNS[window])
-    layer = AdaSTFT(16000, n_fft=512, win_length=win, hop_length=128, n_mels=64, window=window,
-                    learn_win_length=True)
+    reference = torchaudio.transforms.MelSpectrogram(
+        16000, n_fft=512, win_length=win, hop_length=128, n_mels=64, window_fn=_WINDOW_FNS[window]
+    )
+    layer = AdaSTFT(16000, n_fft=512, win_length=win, hop_length=128, n_mels=64, window=window, learn_win_length=True)
     if path == "kernel":
         layer.set_learning(kernel=True)
     assert layer.uses_fft() == (path == "fft")
@@ -50,8 +55,9 @@ def test_equals_torchaudio_at_init(path, window, win):
 
 @pytest.mark.parametrize("learn", [dict(win_length=True), dict(window=True, kernel=True, win_length=True)])
 def test_gradcheck_float64_through_the_length(learn):
-    layer = AdaSTFT(8000, n_fft=32, hop_length=8, win_length=21, n_mels=5, power=1.0, learn_win_length=True,
-                    compression="log1p").double()
+    layer = AdaSTFT(
+        8000, n_fft=32, hop_length=8, win_length=21, n_mels=5, power=1.0, learn_win_length=True, compression="log1p"
+    ).double()
     layer.set_learning(window=False, kernel=False, win_length=False).set_learning(**learn)
     with torch.no_grad():  # off the integer length, so no sample sits exactly on the window's edge
         layer.log_win_scale.fill_(float(torch.log(torch.tensor(18.3 / 21, dtype=torch.float64))))
@@ -68,8 +74,17 @@ def test_gradcheck_float64_through_the_length(learn):
 
 @pytest.mark.parametrize("window", ["hann", "kaiser", "bartlett"])
 def test_gradients_are_finite_on_silence(window):
-    layer = AdaSTFT(n_fft=64, hop_length=16, n_mels=8, power=1.0, compression="log1p", window=window,
-                    learn_win_length=True, learn_window=True, learn_kernel=True)
+    layer = AdaSTFT(
+        n_fft=64,
+        hop_length=16,
+        n_mels=8,
+        power=1.0,
+        compression="log1p",
+        window=window,
+        learn_win_length=True,
+        learn_window=True,
+        learn_kernel=True,
+    )
     x = torch.zeros(2, 400)
     x[0, 100:200] = torch.randn(100)
     layer(x).sum().backward()
@@ -111,8 +126,16 @@ def test_length_stays_in_its_bounds_and_comes_back_from_them():
 
 
 def test_export_and_state_dict_carry_the_length(tmp_path):
-    layer = AdaSTFT(n_fft=256, hop_length=64, n_mels=32, win_length=180, compression="log1p",
-                    learn_win_length=True, learn_window=True, learn_kernel=True)
+    layer = AdaSTFT(
+        n_fft=256,
+        hop_length=64,
+        n_mels=32,
+        win_length=180,
+        compression="log1p",
+        learn_win_length=True,
+        learn_window=True,
+        learn_kernel=True,
+    )
     opt = torch.optim.Adam(layer.learnable(), lr=1e-2)
     x = _signal(batch=2, length=2000)
     for _ in range(3):
@@ -132,14 +155,17 @@ def test_export_and_state_dict_carry_the_length(tmp_path):
         assert torch.equal(fresh(x), layer(x))
     with pytest.raises(ValueError, match="learned has no 'win_length'"):
         AdaSTFT(n_fft=256, hop_length=64, n_mels=32, learn_win_length=True).load_learned(
-            AdaSTFT(n_fft=256, hop_length=64, n_mels=32).export_learned() | {"window": torch.ones(256)})
+            AdaSTFT(n_fft=256, hop_length=64, n_mels=32).export_learned() | {"window": torch.ones(256)}
+        )
 
 
 def test_rectangular_window_cannot_learn_its_length():
     message = r"learn_win_length needs a tapered window \(hann, hamming, blackman, bartlett, kaiser\), got window='rectangular'"
     with pytest.raises(ValueError, match=message):
         AdaSTFT(window="rectangular", learn_win_length=True)
-    with pytest.raises(ConfigError, match=r"stft.learn_win_length needs a tapered window .*, got stft.window='rectangular'"):
+    with pytest.raises(
+        ConfigError, match=r"stft.learn_win_length needs a tapered window .*, got stft.window='rectangular'"
+    ):
         Config.from_dict({"stft": {"window": "rectangular", "learn_win_length": True}})
 
 

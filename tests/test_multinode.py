@@ -31,8 +31,19 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from adastft.checkpoint import load_checkpoint
-from cluster_sandbox import (PYTHON_BIN, Sandboxed, free_port, hosts_file, http_ok, ray_auth_home, require_namespaces,
-                             run_with_mounts, short_tmp, start_with_mounts, wait_for)
+from cluster_sandbox import (
+    PYTHON_BIN,
+    Sandboxed,
+    free_port,
+    hosts_file,
+    http_ok,
+    ray_auth_home,
+    require_namespaces,
+    run_with_mounts,
+    short_tmp,
+    start_with_mounts,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +62,17 @@ class Cluster:
         self.s3_port, self.mlflow_port, self.gcs = free_port(), free_port(), free_port()
         self.hosts = hosts_file(tmp / "hosts", {"mlflow.multinode.test": "127.0.0.1"})
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
-        self.env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                         "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
-                         "MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-                         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.env.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            }
+        )
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.tracking_uri = f"http://mlflow.multinode.test:{self.mlflow_port}"
         self.s3: Sandboxed | None = None
@@ -62,20 +80,49 @@ class Cluster:
         self.others: list[Sandboxed] = []
 
     def start(self) -> None:
-        self.s3 = Sandboxed([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
-                            env=self.env, log=self.tmp / "s3.log")
-        wait_for(lambda: http_ok(f"{self.endpoint}/moto-api/", any_status=True) or not self.s3.alive(), 120,
-                 "the S3 emulator", on_fail=self.s3.tail)
+        self.s3 = Sandboxed(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+            env=self.env,
+            log=self.tmp / "s3.log",
+        )
+        wait_for(
+            lambda: http_ok(f"{self.endpoint}/moto-api/", any_status=True) or not self.s3.alive(),
+            120,
+            "the S3 emulator",
+            on_fail=self.s3.tail,
+        )
         self.client().create_bucket(Bucket=BUCKET)
-        self.others.append(Sandboxed(
-            [str(Path(PYTHON_BIN) / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-             "--backend-store-uri", f"sqlite:///{self.tmp}/mlflow.db", "--artifacts-destination", f"s3://{BUCKET}/mlflow",
-             "--workers", "1", "--allowed-hosts", f"mlflow.multinode.test:{self.mlflow_port},127.0.0.1:*"],
-            env=self.env, log=self.tmp / "mlflow.log"))
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{self.mlflow_port}/health") or not self.others[-1].alive(), 120,
-                 "the MLflow server", on_fail=self.others[-1].tail)
-        self.nodes["127.0.0.1"] = self._ray_start(["--head", "--port", str(self.gcs), "--num-cpus", "0",
-                                                   "--include-dashboard", "false"], "127.0.0.1")
+        self.others.append(
+            Sandboxed(
+                [
+                    str(Path(PYTHON_BIN) / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.mlflow_port),
+                    "--backend-store-uri",
+                    f"sqlite:///{self.tmp}/mlflow.db",
+                    "--artifacts-destination",
+                    f"s3://{BUCKET}/mlflow",
+                    "--workers",
+                    "1",
+                    "--allowed-hosts",
+                    f"mlflow.multinode.test:{self.mlflow_port},127.0.0.1:*",
+                ],
+                env=self.env,
+                log=self.tmp / "mlflow.log",
+            )
+        )
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{self.mlflow_port}/health") or not self.others[-1].alive(),
+            120,
+            "the MLflow server",
+            on_fail=self.others[-1].tail,
+        )
+        self.nodes["127.0.0.1"] = self._ray_start(
+            ["--head", "--port", str(self.gcs), "--num-cpus", "0", "--include-dashboard", "false"], "127.0.0.1"
+        )
         for ip in WORKERS:
             self.start_worker(ip)
 
@@ -86,19 +133,38 @@ class Cluster:
 
     def _ray_start(self, args: list[str], ip: str) -> Sandboxed:
         self.node_tmp(ip).mkdir(exist_ok=True)
-        node = Sandboxed([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", ip,
-                          "--temp-dir", str(self.tmp / f"ray-{ip}"), "--dashboard-agent-listen-port", str(free_port()),
-                          *args], binds={str(self.hosts): "/etc/hosts"}, env={**self.env, "TMPDIR": str(self.node_tmp(ip))},
-                         log=self.tmp / f"ray-{ip}.log")
+        node = Sandboxed(
+            [
+                RAY,
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                "--node-ip-address",
+                ip,
+                "--temp-dir",
+                str(self.tmp / f"ray-{ip}"),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                *args,
+            ],
+            binds={str(self.hosts): "/etc/hosts"},
+            env={**self.env, "TMPDIR": str(self.node_tmp(ip))},
+            log=self.tmp / f"ray-{ip}.log",
+        )
         started = node.tail(10**6).count("Ray runtime started")
-        wait_for(lambda: node.tail(10**6).count("Ray runtime started") > started or not node.alive(), 120,
-                 f"the Ray node {ip}", on_fail=node.tail)
+        wait_for(
+            lambda: node.tail(10**6).count("Ray runtime started") > started or not node.alive(),
+            120,
+            f"the Ray node {ip}",
+            on_fail=node.tail,
+        )
         assert node.alive(), node.tail()
         return node
 
     def start_worker(self, ip: str) -> None:
-        self.nodes[ip] = self._ray_start(["--address", f"127.0.0.1:{self.gcs}", "--num-cpus", "1",
-                                          "--resources", json.dumps({"trial_slot": 1})], ip)
+        self.nodes[ip] = self._ray_start(
+            ["--address", f"127.0.0.1:{self.gcs}", "--num-cpus", "1", "--resources", json.dumps({"trial_slot": 1})], ip
+        )
 
     def kill_node(self, ip: str) -> None:
         """SIGKILL every process of the node at once (its namespace), as a vanished spot machine."""
@@ -114,10 +180,16 @@ class Cluster:
         except Exception:  # noqa: BLE001 - then at once
             pass
         node.stop()
-        probe = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
-                 "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))" % self.gcs)
-        wait_for(lambda: ip not in self.run([sys.executable, "-c", probe], cwd=cwd, timeout=120).stdout, 120,
-                 f"the head to see node {ip} gone", interval=2)
+        probe = (
+            "import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
+            "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))" % self.gcs
+        )
+        wait_for(
+            lambda: ip not in self.run([sys.executable, "-c", probe], cwd=cwd, timeout=120).stdout,
+            120,
+            f"the head to see node {ip} gone",
+            interval=2,
+        )
 
     def stop(self) -> None:
         for node in [*self.nodes.values(), *self.others, *([self.s3] if self.s3 else [])]:
@@ -126,8 +198,13 @@ class Cluster:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
-                            aws_secret_access_key="testing", region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
 
     def keys(self, prefix: str) -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
@@ -138,25 +215,64 @@ class Cluster:
 
     def search(self, tmp_path: Path, name: str, *args: str, trials: int = 4, epochs: int = EPOCHS) -> list[str]:
         space = tmp_path / "space.yaml"
-        space.write_text(yaml.safe_dump({
-            "metric": "val_loss", "mode": "min", "seed": 0, "n_startup_trials": 2,
-            "space": {"optim.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
-                      "stft.learn_window": {"type": "categorical", "choices": [True, False]}}}))
-        return [sys.executable, str(SEARCH), "--address", f"127.0.0.1:{self.gcs}", "--storage", f"s3://{BUCKET}/tune",
-                "--trial-resource", "trial_slot=1", "--scheduler", "none", "--trials", str(trials), "--name", name,
-                "--search", str(space), *args,
-                "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=6",
-                "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
-                f"data.cache_dir={self.tmp}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
-                f"train.epochs={epochs}", "train.threads=1", f"tracking.uri={self.tracking_uri}",
-                "tracking.experiment=multinode"]
+        space.write_text(
+            yaml.safe_dump(
+                {
+                    "metric": "val_loss",
+                    "mode": "min",
+                    "seed": 0,
+                    "n_startup_trials": 2,
+                    "space": {
+                        "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+                        "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+                    },
+                }
+            )
+        )
+        return [
+            sys.executable,
+            str(SEARCH),
+            "--address",
+            f"127.0.0.1:{self.gcs}",
+            "--storage",
+            f"s3://{BUCKET}/tune",
+            "--trial-resource",
+            "trial_slot=1",
+            "--scheduler",
+            "none",
+            "--trials",
+            str(trials),
+            "--name",
+            name,
+            "--search",
+            str(space),
+            *args,
+            "data=synthetic",
+            "data.sample_rate=8000",
+            "data.clip_seconds=2.0",
+            "data.synthetic_clips_per_class=6",
+            "data.parts=2",
+            "data.crops_per_clip=1",
+            "data.batch_size=8",
+            "data.time_mask_frames=2",
+            "data.freq_mask_bins=4",
+            f"data.cache_dir={self.tmp}/cache",
+            "stft.n_fft=256",
+            "stft.hop_length=128",
+            "stft.n_mels=32",
+            f"train.epochs={epochs}",
+            "train.threads=1",
+            f"tracking.uri={self.tracking_uri}",
+            "tracking.experiment=multinode",
+        ]
 
     def run(self, argv: list[str], cwd: Path, timeout: float = 600):
         return run_with_mounts(argv, binds={str(self.hosts): "/etc/hosts"}, env=self.env, cwd=cwd, timeout=timeout)
 
     def start_driver(self, argv: list[str], cwd: Path):
-        return start_with_mounts(argv, binds={str(self.hosts): "/etc/hosts"}, env=self.env, cwd=cwd,
-                                 log=cwd / "driver.log")
+        return start_with_mounts(
+            argv, binds={str(self.hosts): "/etc/hosts"}, env=self.env, cwd=cwd, log=cwd / "driver.log"
+        )
 
     def results(self, study: str) -> dict[str, list[dict]]:
         """Each trial's results as Tune wrote them to storage, by the trial's folder name."""
@@ -244,8 +360,13 @@ def test_a_study_spreads_over_two_workers_and_keeps_everything_in_s3(cluster, tm
     assert stored(parent, "study/trials.parquet") and stored(parent, "study/best_experiment.yaml")
     for run in children:
         assert run.info.status == "FINISHED"
-        for path in ("tensors/window_best.npy", "tensors/kernel_last.npy", "plots/window.png",
-                     "plots/learning_curves.png", "checkpoint/best_model.pt"):
+        for path in (
+            "tensors/window_best.npy",
+            "tensors/kernel_last.npy",
+            "plots/window.png",
+            "plots/learning_curves.png",
+            "checkpoint/best_model.pt",
+        ):
             assert stored(run, path), (run.info.run_id, path)
 
     # Nothing of the study stays on the nodes' (or the driver's) disks.
@@ -279,15 +400,25 @@ def test_a_lost_worker_node_costs_one_retry_and_a_resumed_study_uses_it_again(cl
     try:
         # The victim has reported an epoch and its checkpoint is in S3 (Tune uploads the result
         # after the checkpoint): it is training its next epoch, 4 or more still to go.
-        victim = wait_for(lambda: _victim(cluster, "lost", victim_node), 300, f"a checkpointed trial on {victim_node}",
-                          interval=0.2, on_fail=log)
+        victim = wait_for(
+            lambda: _victim(cluster, "lost", victim_node),
+            300,
+            f"a checkpointed trial on {victim_node}",
+            interval=0.2,
+            on_fail=log,
+        )
         done_before = cluster.results("lost")[victim][-1]["training_iteration"]
         cluster.kill_node(victim_node)
 
         # Ray notices the node is gone, the trial fails and is retried on the survivor from its
         # last checkpoint in S3 (its epochs go on from there: not from 1).
-        retried = wait_for(lambda: (r := cluster.results("lost").get(victim)) and r[-1]["node_ip"] == survivor and r,
-                           400, "the victim trial to go on on the other worker", interval=0.2, on_fail=log)
+        retried = wait_for(
+            lambda: (r := cluster.results("lost").get(victim)) and r[-1]["node_ip"] == survivor and r,
+            400,
+            "the victim trial to go on on the other worker",
+            interval=0.2,
+            on_fail=log,
+        )
         assert [r["training_iteration"] for r in retried] == list(range(1, len(retried) + 1)), retried
         assert done_before < retried[-1]["training_iteration"] < LOST_EPOCHS, (done_before, retried)
         os.killpg(driver.pid, signal.SIGKILL)  # the study is interrupted mid-trial
@@ -300,8 +431,9 @@ def test_a_lost_worker_node_costs_one_retry_and_a_resumed_study_uses_it_again(cl
     cluster.stop_node(survivor, tmp_path)
     cluster.start_worker(victim_node)
     try:
-        proc = cluster.run(cluster.search(tmp_path, "lost", "--max-failures", "2", "--resume", epochs=LOST_EPOCHS),
-                           cwd=tmp_path)
+        proc = cluster.run(
+            cluster.search(tmp_path, "lost", "--max-failures", "2", "--resume", epochs=LOST_EPOCHS), cwd=tmp_path
+        )
     finally:
         cluster.start_worker(survivor)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
@@ -323,7 +455,8 @@ def test_a_lost_worker_node_costs_one_retry_and_a_resumed_study_uses_it_again(cl
     client, _, parent, children = _study_runs(cluster, "lost")
     assert parent.info.status == "FINISHED"
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}, [
-        (r.data.tags.get("tune_trial_id"), r.info.status, r.data.tags.get("failure")) for r in children]
+        (r.data.tags.get("tune_trial_id"), r.info.status, r.data.tags.get("failure")) for r in children
+    ]
     (victim_run,) = [r for r in children if r.data.tags["tune_trial_id"] == victim_id]
     assert victim_run.info.status == "FINISHED"
     for run in children:  # every epoch once in each run; one logged twice only if tagged as redone
@@ -342,10 +475,16 @@ def test_storage_unreachable_for_20_s_mid_study_is_ridden_out(cluster, tmp_path)
     no retry is spent, every epoch is there once."""
     driver = cluster.start_driver(cluster.search(tmp_path, "outage", trials=2), tmp_path)
     try:
-        wait_for(lambda: any(r and r[-1]["training_iteration"] < EPOCHS for r in cluster.results("outage").values())
-                 and any(k.rsplit("/", 2)[-2].startswith("checkpoint_") for k in cluster.keys("tune/outage/")),
-                 300, "a trial mid-study with a checkpoint in S3", interval=0.2,
-                 on_fail=lambda: (tmp_path / "driver.log").read_text()[-3000:])
+        wait_for(
+            lambda: (
+                any(r and r[-1]["training_iteration"] < EPOCHS for r in cluster.results("outage").values())
+                and any(k.rsplit("/", 2)[-2].startswith("checkpoint_") for k in cluster.keys("tune/outage/"))
+            ),
+            300,
+            "a trial mid-study with a checkpoint in S3",
+            interval=0.2,
+            on_fail=lambda: (tmp_path / "driver.log").read_text()[-3000:],
+        )
         os.killpg(cluster.s3.proc.pid, signal.SIGSTOP)
         try:
             time.sleep(20)

@@ -34,8 +34,13 @@ def installed(tmp_path_factory) -> Path:
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(src)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(src)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return env_dir / "bin"
 
@@ -47,9 +52,14 @@ def _run(bin_dir: Path, cwd: Path, *argv: str, timeout: float = 600) -> subproce
 
 
 def test_the_wheel_holds_the_configs_and_imports_from_its_own_folder(installed, tmp_path):
-    proc = _run(installed, tmp_path, str(installed / "python"), "-c",
-                "import adastft, tune, adastft.train as t; print(adastft.__file__); print(tune.__file__); "
-                "print(t.CONFIG_DIR); print(sorted(p.name for p in t.CONFIG_DIR.iterdir()))")
+    proc = _run(
+        installed,
+        tmp_path,
+        str(installed / "python"),
+        "-c",
+        "import adastft, tune, adastft.train as t; print(adastft.__file__); print(tune.__file__); "
+        "print(t.CONFIG_DIR); print(sorted(p.name for p in t.CONFIG_DIR.iterdir()))",
+    )
     assert proc.returncode == 0, proc.stderr
     lib, tune_file, configs, groups = proc.stdout.splitlines()
     site = str(installed.parent / "lib")
@@ -62,9 +72,13 @@ def test_the_wheel_holds_the_configs_and_imports_from_its_own_folder(installed, 
 
 @pytest.mark.slow
 def test_console_scripts_work_from_any_folder(installed, tmp_path):
-    for script, expected in (("adastft-train", "experiment: "), ("adastft-search", "usage: adastft-search"),
-                             ("adastft-compare", "usage: adastft-compare"), ("adastft-predict", "usage: adastft-predict"),
-                             ("adastft-demo", "usage: adastft-demo")):
+    for script, expected in (
+        ("adastft-train", "experiment: "),
+        ("adastft-search", "usage: adastft-search"),
+        ("adastft-compare", "usage: adastft-compare"),
+        ("adastft-predict", "usage: adastft-predict"),
+        ("adastft-demo", "usage: adastft-demo"),
+    ):
         proc = _run(installed, tmp_path, str(installed / script), "--help", timeout=300)
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
         assert expected in proc.stdout, (script, proc.stdout[:2000])
@@ -78,8 +92,16 @@ def test_console_scripts_work_from_any_folder(installed, tmp_path):
     assert not (tmp_path / "runs").exists()
 
     # one real epoch of the quickstart experiment, made small (3 s clips, 3 per class)
-    proc = _run(installed, tmp_path, str(installed / "adastft-train"), "experiment=quickstart", "train.epochs=1",
-                "data.synthetic_clips_per_class=3", "data.clip_seconds=3", "data.cache_dir=cache")
+    proc = _run(
+        installed,
+        tmp_path,
+        str(installed / "adastft-train"),
+        "experiment=quickstart",
+        "train.epochs=1",
+        "data.synthetic_clips_per_class=3",
+        "data.clip_seconds=3",
+        "data.cache_dir=cache",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "quickstart" / "best.pt").is_file(), sorted(str(p) for p in tmp_path.rglob("*.pt"))
     assert (tmp_path / "mlflow.db").is_file()

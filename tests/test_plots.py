@@ -27,13 +27,24 @@ def test_plot_helpers_draw(tmp_path):
     with torch.no_grad():
         layer.window.mul_(0.9)
         layer.kernel[0, 3, :10] += 0.1
-    figures = {**plot_layer(layer),
-               "window_only": plot_window(layer.window, layer.initial_window),
-               "kernel_only": plot_kernel_change(layer.kernel, layer.initial_kernel),
-               "confusion": plot_confusion(np.eye(3, dtype=int) * 4, ["a", "b", "c"]),
-               "curves": plot_curves([{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1),
-                                       "val_clip_accuracy": 0.3 + 0.1 * e, "val_segment_accuracy": 0.25 + 0.1 * e}
-                                      for e in range(3)])}
+    figures = {
+        **plot_layer(layer),
+        "window_only": plot_window(layer.window, layer.initial_window),
+        "kernel_only": plot_kernel_change(layer.kernel, layer.initial_kernel),
+        "confusion": plot_confusion(np.eye(3, dtype=int) * 4, ["a", "b", "c"]),
+        "curves": plot_curves(
+            [
+                {
+                    "epoch": e,
+                    "train_loss": 1 / (e + 1),
+                    "val_loss": 1.2 / (e + 1),
+                    "val_clip_accuracy": 0.3 + 0.1 * e,
+                    "val_segment_accuracy": 0.25 + 0.1 * e,
+                }
+                for e in range(3)
+            ]
+        ),
+    }
     pcen = AdaSTFT(n_fft=128, hop_length=32, n_mels=16, compression="pcen")
     with torch.no_grad():
         pcen.pcen.alpha[3:] -= 0.2

@@ -14,8 +14,10 @@ def test_reported_values_by_mode():
     assert reported_curve([3.0, 1.0, 2.0], "min", "best") == [3.0, 1.0, 1.0]
     # weight 0.5 on the newest epoch: 0.2; 0.4; 0.4; 0.45
     assert reported_curve(raw, "max", "ema") == pytest.approx([0.2, 0.4, 0.4, 0.45])
-    assert (reported_key("val_clip_accuracy", "last"), reported_key("val_loss", "ema")) == ("val_clip_accuracy",
-                                                                                            "ema_val_loss")
+    assert (reported_key("val_clip_accuracy", "last"), reported_key("val_loss", "ema")) == (
+        "val_clip_accuracy",
+        "ema_val_loss",
+    )
     with pytest.raises(ValueError, match="report must be one of last, best, ema, got 'mean'"):
         reported_key("val_loss", "mean")
 

@@ -63,8 +63,11 @@ def test_exponential_is_per_epoch_by_gamma():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match=r"schedule must be one of exponential, cosine, got 'step'"):
         build_scheduler(opt, "step", gamma=0.5, warmup_epochs=0, epochs=3, steps_per_epoch=4)
-    with pytest.raises(ValueError, match=r"warmup_epochs=1 needs schedule=cosine \(the exponential schedule has no "
-                                         r"warm-up\): set schedule=cosine or warmup_epochs=0"):
+    with pytest.raises(
+        ValueError,
+        match=r"warmup_epochs=1 needs schedule=cosine \(the exponential schedule has no "
+        r"warm-up\): set schedule=cosine or warmup_epochs=0",
+    ):
         build_scheduler(opt, "exponential", gamma=0.5, warmup_epochs=1, epochs=3, steps_per_epoch=4)
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\], got 1.5"):
         check_schedule("exponential", gamma=1.5, warmup_epochs=0)  # what a config check calls: no optimiser

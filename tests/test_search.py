@@ -36,29 +36,51 @@ pytestmark = pytest.mark.slow
 def tiny(tmp_path: Path, epochs: int = 4) -> list[str]:
     """Hydra overrides for trials of a few seconds each on a CPU."""
     return [
-        "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
-        "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
-        f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
-        f"train.epochs={epochs}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=search-test",
+        "data=synthetic",
+        "data.sample_rate=8000",
+        "data.clip_seconds=2.0",
+        "data.synthetic_clips_per_class=4",
+        "data.parts=2",
+        "data.crops_per_clip=1",
+        "data.batch_size=8",
+        "data.time_mask_frames=2",
+        "data.freq_mask_bins=4",
+        f"data.cache_dir={tmp_path}/cache",
+        "stft.n_fft=256",
+        "stft.hop_length=128",
+        "stft.n_mels=32",
+        f"train.epochs={epochs}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        "tracking.experiment=search-test",
         "tracking.log_model=false",
     ]
 
 
 def space_file(tmp_path: Path, points: list[dict] | None = None) -> Path:
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({
-        "metric": "val_loss", "mode": "min", "seed": 0, "n_startup_trials": 2,
-        "space": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
-                  "optim.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
-                  "stft.learn_window": {"type": "categorical", "choices": [True, False]}},
-        "points_to_evaluate": points or [],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "metric": "val_loss",
+                "mode": "min",
+                "seed": 0,
+                "n_startup_trials": 2,
+                "space": {
+                    "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
+                    "optim.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
+                    "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+                },
+                "points_to_evaluate": points or [],
+            }
+        )
+    )
     return path
 
 
 def run_search(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(SEARCH), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(SEARCH), *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+    )
     return proc
 
 
@@ -87,11 +109,28 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
     # (SGD at lr 1e4: it must fail alone while the study goes on; Optuna takes an enqueued value
     # outside the distribution, with a warning), one learns gently, one is far worse at epoch 1
     # (AdamW at lr 0.03 on this tiny set) and must be stopped there.
-    space = space_file(tmp_path, points=[{"optim.lr": 1e4, "optim.name": "sgd", "stft.learn_window": False},
-                                         {"optim.lr": 1e-4, "optim.name": "sgd", "stft.learn_window": False},
-                                         {"optim.lr": 3e-2, "optim.name": "adamw", "stft.learn_window": True}])
-    proc = run_search(tmp_path, "--trials", "5", "--search", str(space), "--name", "asha", "--max-failures", "1",
-                      "--max-concurrent", "1", *tiny(tmp_path))
+    space = space_file(
+        tmp_path,
+        points=[
+            {"optim.lr": 1e4, "optim.name": "sgd", "stft.learn_window": False},
+            {"optim.lr": 1e-4, "optim.name": "sgd", "stft.learn_window": False},
+            {"optim.lr": 3e-2, "optim.name": "adamw", "stft.learn_window": True},
+        ],
+    )
+    proc = run_search(
+        tmp_path,
+        "--trials",
+        "5",
+        "--search",
+        str(space),
+        "--name",
+        "asha",
+        "--max-failures",
+        "1",
+        "--max-concurrent",
+        "1",
+        *tiny(tmp_path),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "Trial status" in proc.stdout
 
@@ -110,8 +149,14 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
     client, parent, children = child_runs(tmp_path, "asha")
     assert parent.info.status == "FINISHED"
     parent_files = _artifacts(client, parent.info.run_id)
-    for name in ("trials.parquet", "trials.csv", "best_experiment.yaml", "optuna_trials.csv",
-                 "optuna_optimization_history.png", "optuna_parallel_coordinate.png"):
+    for name in (
+        "trials.parquet",
+        "trials.csv",
+        "best_experiment.yaml",
+        "optuna_trials.csv",
+        "optuna_optimization_history.png",
+        "optuna_parallel_coordinate.png",
+    ):
         assert f"study/{name}" in parent_files, name
     assert len(children) == 5 and not [r for r in children if r.info.status == "RUNNING"]
     for run in children:
@@ -119,8 +164,12 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
         if run.data.tags.get("pruned") == "true":
             assert run.info.status == "KILLED" and "tensors/window_last.npy" in files and "plots/window.png" in files
         elif run.info.status == "FINISHED":
-            assert {"tensors/window_best.npy", "tensors/kernel_last.npy", "plots/confusion_test.png",
-                    "checkpoint/best_model.pt"} <= files
+            assert {
+                "tensors/window_best.npy",
+                "tensors/kernel_last.npy",
+                "plots/confusion_test.png",
+                "checkpoint/best_model.pt",
+            } <= files
             assert not {f for f in files if f.endswith(".pt") and f.startswith("tensors/")}  # one format unless asked
         else:
             assert run.info.status == "FAILED", (run.info.run_name, run.data.tags, run.data.params.get("optim.lr"))
@@ -154,18 +203,35 @@ def test_asha_search_prunes_in_optuna_and_tracks_every_trial(tmp_path):
 
 
 def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_path):
-    proc = run_search(tmp_path, "--trials", "2", "--scheduler", "none", "--search", str(space_file(tmp_path)),
-                      "--name", "timed", "--report", "ema", *tiny(tmp_path, epochs=3),
-                      "tracking.system_metrics_interval=0.25")
+    proc = run_search(
+        tmp_path,
+        "--trials",
+        "2",
+        "--scheduler",
+        "none",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        "timed",
+        "--report",
+        "ema",
+        *tiny(tmp_path, epochs=3),
+        "tracking.system_metrics_interval=0.25",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shares = re.search(r"time in trials: compute (\d+)%, eval (\d+)%, data wait (\d+)%, checkpoints (\d+)%, "
-                       r"tracking (\d+)%, other (\d+)%", proc.stdout)
+    shares = re.search(
+        r"time in trials: compute (\d+)%, eval (\d+)%, data wait (\d+)%, checkpoints (\d+)%, "
+        r"tracking (\d+)%, other (\d+)%",
+        proc.stdout,
+    )
     assert shares and 95 <= sum(map(int, shares.groups())) <= 105 and int(shares[1]) > 0, proc.stdout[-2000:]
 
     client, parent, children = child_runs(tmp_path, "timed")
     link = f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
-    assert f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db, then open " \
-           f"http://127.0.0.1:5000/{link}" in proc.stdout, proc.stdout[-2000:]
+    assert (
+        f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db, then open "
+        f"http://127.0.0.1:5000/{link}" in proc.stdout
+    ), proc.stdout[-2000:]
 
     # the study table: each trial's seconds per phase; the parent run: the same, one step per trial
     table = pd.read_csv(tmp_path / "runs/search/timed/summary/trials.csv")
@@ -179,8 +245,13 @@ def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_p
     assert "scheduler none on ema_val_loss" in proc.stdout
     by_run = {r.data.tags["tune_trial_id"]: r for r in children}
     for trial in study(tmp_path, "timed").get_trials():
-        raw = [m.value for m in sorted(client.get_metric_history(by_run[trial.user_attrs["tune_trial_id"]].info.run_id,
-                                                                 "val_loss"), key=lambda m: m.step)]
+        raw = [
+            m.value
+            for m in sorted(
+                client.get_metric_history(by_run[trial.user_attrs["tune_trial_id"]].info.run_id, "val_loss"),
+                key=lambda m: m.step,
+            )
+        ]
         ema = [raw[0], 0.5 * raw[1] + 0.5 * raw[0], 0.5 * raw[2] + 0.25 * raw[1] + 0.25 * raw[0]]
         assert [trial.intermediate_values[i] for i in (1, 2, 3)] == pytest.approx(ema, rel=1e-9)
         assert trial.value == pytest.approx(ema[-1], rel=1e-9)
@@ -198,8 +269,20 @@ def test_a_study_says_where_its_trials_time_went_and_samples_their_machine(tmp_p
 
 def test_a_trial_can_be_a_two_worker_ddp_job(tmp_path):
     space = space_file(tmp_path)
-    proc = run_search(tmp_path, "--trials", "1", "--search", str(space), "--name", "ddp", "--workers-per-trial", "2",
-                      "--scheduler", "none", *tiny(tmp_path, epochs=2))
+    proc = run_search(
+        tmp_path,
+        "--trials",
+        "1",
+        "--search",
+        str(space),
+        "--name",
+        "ddp",
+        "--workers-per-trial",
+        "2",
+        "--scheduler",
+        "none",
+        *tiny(tmp_path, epochs=2),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (trial,) = study(tmp_path, "ddp").get_trials()
     assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
@@ -226,10 +309,24 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     space = space_file(tmp_path)
-    args = [sys.executable, str(SEARCH), "--trials", "3", "--search", str(space), "--name", "resume",
-            "--scheduler", "none", "--max-concurrent", "1", *tiny(tmp_path, epochs=2)]
-    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    args = [
+        sys.executable,
+        str(SEARCH),
+        "--trials",
+        "3",
+        "--search",
+        str(space),
+        "--name",
+        "resume",
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "1",
+        *tiny(tmp_path, epochs=2),
+    ]
+    driver = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     db = tmp_path / "runs/search/resume/optuna.db"
     try:
         _wait_for(lambda: "COMPLETE" in optuna_states(db), 300, "a finished trial")
@@ -265,10 +362,24 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     space = space_file(tmp_path)
-    args = [sys.executable, str(SEARCH), "--trials", "1", "--search", str(space), "--name", "retry",
-            "--scheduler", "none", "--max-failures", "2", *tiny(tmp_path, epochs=3)]
-    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    args = [
+        sys.executable,
+        str(SEARCH),
+        "--trials",
+        "1",
+        "--search",
+        str(space),
+        "--name",
+        "retry",
+        "--scheduler",
+        "none",
+        "--max-failures",
+        "2",
+        *tiny(tmp_path, epochs=3),
+    ]
+    driver = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     exp = tmp_path / "runs/search/retry"
     try:
         _wait_for(lambda: any(exp.glob("run_trial_*/checkpoint_000000")), 300, "the first checkpoint")
@@ -283,7 +394,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     (trial,) = study(tmp_path, "retry").get_trials()
     assert trial.state == TrialState.COMPLETE
     state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
-    assert '"num_failures": 1' in json.dumps(state) or "num_failures\\\": 1" in json.dumps(state)
+    assert '"num_failures": 1' in json.dumps(state) or 'num_failures\\": 1' in json.dumps(state)
     client, _, (run,) = child_runs(tmp_path, "retry")
     assert run.info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_loss")})
@@ -324,8 +435,9 @@ def test_watchdog_stops_a_process_that_makes_no_progress(tmp_path, beats):
         "print('finished')"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     if beats:
         assert proc.returncode == 0 and "finished" in proc.stdout
         assert not (tmp_path / "trial-x.txt").exists()

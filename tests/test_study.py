@@ -17,10 +17,22 @@ from tune.study import StudySettings
 # the dict a search's driver handed its trials and callbacks before StudySettings (tune/driver.py
 # study_info): what the pickled callbacks of a study begun then still hold
 OLD_STUDY = {
-    "name": "s", "parent_run_id": "abc", "experiment": "adastft", "tracking_uri": "sqlite:////x/mlflow.db",
-    "notes_dir": "/x/s/notes", "stall_timeout_s": 900.0, "storage_path": "/x", "workers": 1,
-    "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_failures": 2, "work_key": "s-0123abcd",
-    "custom_resources": {}, "metric": "val_clip_accuracy", "mode": "max", "report": "ema",
+    "name": "s",
+    "parent_run_id": "abc",
+    "experiment": "adastft",
+    "tracking_uri": "sqlite:////x/mlflow.db",
+    "notes_dir": "/x/s/notes",
+    "stall_timeout_s": 900.0,
+    "storage_path": "/x",
+    "workers": 1,
+    "cpus_per_worker": 1.0,
+    "gpus_per_worker": 0.0,
+    "max_failures": 2,
+    "work_key": "s-0123abcd",
+    "custom_resources": {},
+    "metric": "val_clip_accuracy",
+    "mode": "max",
+    "report": "ema",
 }
 
 
@@ -56,7 +68,9 @@ def test_a_trials_config_is_validated_once_from_the_composed_base(tmp_path, monk
     from tune.settings import absolutise
     from tune.trainable import TRIAL_TAG, trial_config
 
-    base = Config.from_dict({"tracking": {"enabled": True, "uri": None}, "data": {"source": "folder", "root": "~/music"}})
+    base = Config.from_dict(
+        {"tracking": {"enabled": True, "uri": None}, "data": {"source": "folder", "root": "~/music"}}
+    )
     validated = []
     check = Config.validate
     monkeypatch.setattr(Config, "validate", lambda self: validated.append(self) or check(self))
@@ -66,8 +80,13 @@ def test_a_trials_config_is_validated_once_from_the_composed_base(tmp_path, monk
     assert base.data.root.endswith("/music") and base.data.root.startswith("/")
     assert base.tracking.uri and (base.train.device, base.train.threads) == ("cpu", 2)
 
-    study = StudySettings(name="s", work_key="s-0123abcd", notes_dir=str(tmp_path / "notes"),
-                          storage_path=str(tmp_path), tracking_uri=base.tracking.uri)
+    study = StudySettings(
+        name="s",
+        work_key="s-0123abcd",
+        notes_dir=str(tmp_path / "notes"),
+        storage_path=str(tmp_path),
+        tracking_uri=base.tracking.uri,
+    )
     cfg = trial_config({"optim.lr": 0.01, "stft.learn_kernel": True}, base, study, "t1", tmp_path / "t1")
     assert len(validated) == 1
     assert cfg.optim.lr == 0.01 and cfg.stft.learn_kernel and not base.stft.learn_kernel

@@ -32,8 +32,10 @@ def test_the_samplers_messages_do_not_show_the_stores_password(tmp_path, caplog)
     sampler_log.addHandler(caplog.handler)  # MLflow's loggers do not propagate to the root logger
     try:
         # what MLflow's sampler logs when the store fails: its error names the URI, userinfo included
-        sampler_log.warning("Failed to get mlflow run: API request to %s failed",
-                            "http://me:s3cr3t-pw@mlflow:5000/api/2.0/mlflow/runs/get")
+        sampler_log.warning(
+            "Failed to get mlflow run: API request to %s failed",
+            "http://me:s3cr3t-pw@mlflow:5000/api/2.0/mlflow/runs/get",
+        )
     finally:
         sampler_log.removeHandler(caplog.handler)
     assert "s3cr3t-pw" not in caplog.text and "http://me:***@mlflow:5000" in caplog.text

@@ -54,7 +54,12 @@ def all_sent(tracker: Tracker) -> bool:
 
 def test_flatten_nests_with_dots_and_lists_as_repr():
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "l": [1, 2], "t": (3,), "e": {}, "n": None}) == {
-        "a.b": 1, "a.c.d": "x", "l": "[1, 2]", "t": "(3,)", "e": "{}", "n": None,
+        "a.b": 1,
+        "a.c.d": "x",
+        "l": "[1, 2]",
+        "t": "(3,)",
+        "e": "{}",
+        "n": None,
     }
     assert flatten({"b": 2}, prefix="cfg") == {"cfg.b": 2}
 
@@ -106,15 +111,19 @@ def test_check_closed_port_is_unavailable_fast():
     with pytest.raises(TrackingUnavailable) as info:
         check_tracking_uri(uri, timeout=5.0)
     assert time.monotonic() - start < 5.0
-    assert str(info.value) == (f"MLflow tracking server {uri} is unreachable (connection refused): "
-                               "start it or set tracking.uri")
+    assert str(info.value) == (
+        f"MLflow tracking server {uri} is unreachable (connection refused): start it or set tracking.uri"
+    )
 
 
-@pytest.mark.parametrize("health, api, message", [
-    (404, 200, None),  # a proxy without /health in front of a working server
-    (404, 401, "refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME"),
-    (404, 404, "is unreachable (HTTP 404 on /health and 404 on the REST API)"),
-])
+@pytest.mark.parametrize(
+    "health, api, message",
+    [
+        (404, 200, None),  # a proxy without /health in front of a working server
+        (404, 401, "refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME"),
+        (404, 404, "is unreachable (HTTP 404 on /health and 404 on the REST API)"),
+    ],
+)
 def test_check_server_without_health_falls_back_to_rest(health, api, message):
     # A stand-in for a reverse proxy: the real server cannot be made to drop /health.
     class Proxy(BaseHTTPRequestHandler):
@@ -134,8 +143,9 @@ def test_check_server_without_health_falls_back_to_rest(health, api, message):
         if message is None:
             check_tracking_uri(uri)
         else:
-            with pytest.raises(TrackingUnavailable, match=re.escape(f"MLflow tracking server {uri} ") + ".*"
-                               + re.escape(message)):
+            with pytest.raises(
+                TrackingUnavailable, match=re.escape(f"MLflow tracking server {uri} ") + ".*" + re.escape(message)
+            ):
                 check_tracking_uri(uri)
     finally:
         proxy.shutdown()
@@ -163,8 +173,14 @@ def test_secrets_never_logged(uri, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "abc123secret")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # named like a token, is not one
     with Tracker(uri, "exp", tags={"note": "key=abc123secret"}) as tracker:
-        tracker.log_params({"storage": {"url": "s3://bucket?secret=abc123secret", "db_password": "hunter22"},
-                            "api_key": "k-1", "max_tokens": 5, "flag": "false"})
+        tracker.log_params(
+            {
+                "storage": {"url": "s3://bucket?secret=abc123secret", "db_password": "hunter22"},
+                "api_key": "k-1",
+                "max_tokens": 5,
+                "flag": "false",
+            }
+        )
         tracker.log_text("creds abc123secret", "notes.txt")
     client = MlflowClient(uri)
     run = client.get_run(tracker.run_id)

@@ -23,8 +23,11 @@ def uri(tmp_path: Path, empty_mlflow_store: Path) -> str:
 
 
 def protocol_methods() -> set[str]:
-    return {name for name, value in vars(RunTracker).items()
-            if callable(value) and (not name.startswith("_") or name in ("__enter__", "__exit__"))}
+    return {
+        name
+        for name, value in vars(RunTracker).items()
+        if callable(value) and (not name.startswith("_") or name in ("__enter__", "__exit__"))
+    }
 
 
 def protocol_members() -> set[str]:
@@ -69,7 +72,8 @@ def test_null_tracker_answers_questions_without_a_store():
 # MLflow's internals: its REST plumbing, protobufs, the client's private store, any `_name`.
 PRIVATE_MLFLOW = re.compile(
     r"_tracking_client|mlflow\.protos|http_request|mlflow\.utils\.rest_utils|RestStore|message_to_json"
-    r"|verify_rest_response|from mlflow[\w.]* import[^\n]*\b_\w+|mlflow(\.\w+)*\._\w+|\.store\.get_host_creds")
+    r"|verify_rest_response|from mlflow[\w.]* import[^\n]*\b_\w+|mlflow(\.\w+)*\._\w+|\.store\.get_host_creds"
+)
 
 
 def test_mlflow_is_used_through_its_public_api_only():
@@ -83,12 +87,19 @@ def test_mlflow_is_used_through_its_public_api_only():
 
 
 def test_the_private_api_scan_finds_what_it_looks_for():
-    for line in ("store = client._tracking_client.store", "from mlflow.protos.service_pb2 import LogBatch",
-                 "from mlflow.utils.rest_utils import http_request", "from mlflow.tracking.fluent import _get_store",
-                 "mlflow.tracking._tracking_service.utils"):
+    for line in (
+        "store = client._tracking_client.store",
+        "from mlflow.protos.service_pb2 import LogBatch",
+        "from mlflow.utils.rest_utils import http_request",
+        "from mlflow.tracking.fluent import _get_store",
+        "mlflow.tracking._tracking_service.utils",
+    ):
         assert PRIVATE_MLFLOW.search(line), line
-    for line in ("client.log_batch(run_id, metrics=m, synchronous=True)", "from mlflow.tracking import MlflowClient",
-                 "self._client.get_run(run_id)"):
+    for line in (
+        "client.log_batch(run_id, metrics=m, synchronous=True)",
+        "from mlflow.tracking import MlflowClient",
+        "self._client.get_run(run_id)",
+    ):
         assert not PRIVATE_MLFLOW.search(line), line
 
 
@@ -114,5 +125,9 @@ def test_the_batch_limits_are_mlflows_documented_ones():
     from, the documented values are used: they must agree with the installed MLflow's."""
     from adastft.tracking import tracker
 
-    assert (tracker.MAX_METRICS_PER_BATCH, tracker.MAX_PARAMS_TAGS_PER_BATCH, tracker.MAX_PARAM_VAL_LENGTH,
-            tracker.MAX_TAG_VAL_LENGTH) == (1000, 100, 6000, 8000)
+    assert (
+        tracker.MAX_METRICS_PER_BATCH,
+        tracker.MAX_PARAMS_TAGS_PER_BATCH,
+        tracker.MAX_PARAM_VAL_LENGTH,
+        tracker.MAX_TAG_VAL_LENGTH,
+    ) == (1000, 100, 6000, 8000)

@@ -75,8 +75,11 @@ def test_batches_wait_out_an_outage_and_arrive_once_in_order(run, caplog):
         assert outage.calls >= 3
         warnings = [r.getMessage() for r in caplog.records if "MLflow unavailable" in r.getMessage()]
         assert len(warnings) == 1, warnings  # once per outage, however many retries
-        assert re.fullmatch(rf"MLflow unavailable \(connection refused\); [1-3] batches queued for run {run_id}, "
-                            r"retrying in 0\.2 s", warnings[0]), warnings[0]
+        assert re.fullmatch(
+            rf"MLflow unavailable \(connection refused\); [1-3] batches queued for run {run_id}, "
+            r"retrying in 0\.2 s",
+            warnings[0],
+        ), warnings[0]
 
         outage.reason = None  # back: the next retry sends them, with no new batch to trigger it
         eventually(lambda: queue.pending()["metrics"] == 0, "the queued batches to be sent")
@@ -152,8 +155,12 @@ class StandIn:
                 standin.posted.set()
                 if standin.post is None:
                     standin.release.wait(30)
-                self.answer(standin.post or 200, b'{"error_code": "INVALID_STATE", "message": "run is gone"}'
-                            if (standin.post or 200) >= 400 else b"{}")
+                self.answer(
+                    standin.post or 200,
+                    b'{"error_code": "INVALID_STATE", "message": "run is gone"}'
+                    if (standin.post or 200) >= 400
+                    else b"{}",
+                )
 
             def answer(self, status: int, body: bytes = b"{}") -> None:
                 self.send_response(status)
@@ -201,8 +208,9 @@ def test_close_is_bounded_while_a_batch_hangs_in_mlflows_client(standin, health_
 
 
 def test_a_server_that_hangs_mid_request_is_reported_by_the_next_batch(standin, caplog):
-    queue = BatchQueue(MlflowClient(standin.uri), "run-1", probe=lambda: answers(standin.uri, 1.0), retry_interval=0,
-                       stall_after=0.5)
+    queue = BatchQueue(
+        MlflowClient(standin.uri), "run-1", probe=lambda: answers(standin.uri, 1.0), retry_interval=0, stall_after=0.5
+    )
     queue.put("metrics", metrics(0), 1000)
     assert standin.posted.wait(10), "the batch never reached the stand-in"
     with caplog.at_level(logging.WARNING, logger="adastft.tracking"):
@@ -249,9 +257,14 @@ def test_answers_says_why_a_server_does_not(standin):
 
 @pytest.fixture
 def no_credentials(monkeypatch, tmp_path):
-    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                 "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
-                 "MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+    for name in (
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_INSECURE_TLS",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials but the test's
     return tmp_path
@@ -277,7 +290,8 @@ def test_checks_send_the_credentials_mlflow_documents(standin, no_credentials, m
     monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
     (no_credentials / ".mlflow").mkdir()
     (no_credentials / ".mlflow" / "credentials").write_text(
-        "[mlflow]\nmlflow_tracking_username = file-user\nmlflow_tracking_password = file-pw\n")
+        "[mlflow]\nmlflow_tracking_username = file-user\nmlflow_tracking_password = file-pw\n"
+    )
     server_problem(standin.uri, 2.0)
     assert standin.headers[-1]["Authorization"] == basic("file-user", "file-pw")
 

@@ -30,14 +30,29 @@ def small_config(tmp_path: Path, **sections) -> dict:
     """A configuration that trains in seconds on a CPU: 40 clips of 2 s at 8 kHz, tiny STFT."""
     cfg = {
         "name": "unit",
-        "data": {"source": "synthetic", "cache_dir": str(tmp_path / "cache"), "sample_rate": 8000,
-                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "split": "random", "parts": 2, "crops_per_clip": 1,
-                 "batch_size": 8, "eval_batch_size": 8, "time_mask_frames": 2, "freq_mask_bins": 4},
+        "data": {
+            "source": "synthetic",
+            "cache_dir": str(tmp_path / "cache"),
+            "sample_rate": 8000,
+            "clip_seconds": 2.0,
+            "synthetic_clips_per_class": 4,
+            "split": "random",
+            "parts": 2,
+            "crops_per_clip": 1,
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "time_mask_frames": 2,
+            "freq_mask_bins": 4,
+        },
         "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32, "learn_window": True, "learn_kernel": True},
         "optim": {"lr": 1e-3},
         "train": {"epochs": 2, "out_dir": str(tmp_path / "run"), "threads": 2},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "unit", "log_model": True,
-                     "tensor_formats": ["npy", "pt"]},  # both copies, as asked; the default is npy alone
+        "tracking": {
+            "uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "experiment": "unit",
+            "log_model": True,
+            "tensor_formats": ["npy", "pt"],
+        },  # both copies, as asked; the default is npy alone
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
@@ -48,8 +63,16 @@ def small_config(tmp_path: Path, **sections) -> dict:
 def test_two_epoch_run_is_tracked_with_every_artifact(tmp_path):
     cfg = small_config(tmp_path)
     metrics = train(cfg)
-    for key in ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "test_clip_accuracy",
-                "best_val_clip_accuracy", "window_change", "kernel_change"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_clip_accuracy",
+        "val_segment_accuracy",
+        "test_clip_accuracy",
+        "best_val_clip_accuracy",
+        "window_change",
+        "kernel_change",
+    ):
         assert np.isfinite(metrics[key]), key
     assert metrics["window_change"] > 0 and metrics["kernel_change"] > 0
 
@@ -59,8 +82,15 @@ def test_two_epoch_run_is_tracked_with_every_artifact(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["experiment"] == "unit"
     assert run.data.params["optim.lr"] == "0.001" and run.data.params["stft.learn_kernel"] == "True"
-    for name in ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr",
-                 "window_change", "kernel_change"):
+    for name in (
+        "train_loss",
+        "val_loss",
+        "val_clip_accuracy",
+        "val_segment_accuracy",
+        "lr",
+        "window_change",
+        "kernel_change",
+    ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0, 1], name
     artifacts = _artifact_paths(client, run.info.run_id)
     for tensor in ("window_last", "kernel_last", "window_best", "kernel_best"):
@@ -68,11 +98,16 @@ def test_two_epoch_run_is_tracked_with_every_artifact(tmp_path):
     for plot in ("window", "kernel_change", "confusion_val_best", "confusion_test", "learning_curves"):
         assert f"plots/{plot}.png" in artifacts, plot
     assert "config.yaml" in artifacts and "checkpoint/best_model.pt" in artifacts
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tensors/kernel_last.npy",
-                                                     tracking_uri=cfg["tracking"]["uri"]))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="tensors/kernel_last.npy", tracking_uri=cfg["tracking"]["uri"]
+        )
+    )
     assert np.load(local).shape == (2, 129, 256)
     # the best model logged with mlflow.pytorch loads and classifies
-    (model,) = [m for m in client.search_logged_models([experiment.experiment_id]) if m.source_run_id == run.info.run_id]
+    (model,) = [
+        m for m in client.search_logged_models([experiment.experiment_id]) if m.source_run_id == run.info.run_id
+    ]
     assert run.data.tags["best_model_uri"] == f"models:/{model.model_id}"
     loaded = mlflow.pytorch.load_model(model.artifact_location)
     assert loaded(torch.randn(2, 8000)).shape == (2, 10)
@@ -104,8 +139,11 @@ def test_every_epoch_says_where_its_time_went_and_the_run_samples_the_machine(tm
         assert metrics[total_metric(phase)] == pytest.approx(sum(rows[key]), rel=1e-6), phase
 
     # MLflow's system metrics, labelled with the node: several samples over the run
-    cpu = [k for k in client.get_run(run.info.run_id).data.metrics
-           if k.startswith(f"system/{socket.gethostname()}/") and k.endswith("/cpu_utilization_percentage")]
+    cpu = [
+        k
+        for k in client.get_run(run.info.run_id).data.metrics
+        if k.startswith(f"system/{socket.gethostname()}/") and k.endswith("/cpu_utilization_percentage")
+    ]
     assert len(cpu) == 1 and len(series(cpu[0])) >= 3, cpu
 
 
@@ -121,6 +159,7 @@ def test_resume_continues_to_the_same_result(tmp_path):
     """A run stopped after its second epoch and resumed from last.pt ends with the weights and
     metrics of one never stopped. Checkpoints hold no RNG state: each epoch reseeds before it
     draws anything (crops, augmentations, dropout), so a resumed run needs none."""
+
     # the default schedule (warm-up + cosine over train.epochs, stepped per batch) included
     class Stopped(Exception):
         pass
@@ -155,8 +194,11 @@ def test_resume_continues_to_the_same_result(tmp_path):
 def test_resuming_behind_the_logged_epochs_redoes_them_and_says_so(tmp_path):
     """A run that died between logging an epoch and saving its checkpoint: the epoch is trained
     again; MLflow cannot take points back, so both stay and the run's tag names the step."""
-    cfg = small_config(tmp_path, train={"epochs": 1}, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                                                 "experiment": "unit", "log_model": False})
+    cfg = small_config(
+        tmp_path,
+        train={"epochs": 1},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "unit", "log_model": False},
+    )
     train(cfg)
     run_dir = tmp_path / "run"
     shutil.copy(run_dir / "last.pt", tmp_path / "epoch0.pt")
@@ -185,18 +227,41 @@ def _free_port() -> int:
 def test_two_rank_gloo_ddp_matches_single_process(tmp_path):
     # lr 1e-5: the two runs see the same clips in a different order; with a tiny step their
     # metrics must agree closely, and evaluation (sharded by clip, summed) must agree exactly.
-    single_cfg = small_config(tmp_path / "single", tracking={"enabled": False}, optim={"lr": 1e-5},
-                              train={"epochs": 1, "threads": 1}, data={"augment": False})
-    ddp_cfg = small_config(tmp_path / "ddp", tracking={"uri": f"sqlite:///{tmp_path}/ddp.db", "experiment": "ddp"},
-                           optim={"lr": 1e-5}, train={"epochs": 1, "threads": 1},
-                           data={"augment": False, "batch_size": 4, "cache_dir": single_cfg["data"]["cache_dir"]})
+    single_cfg = small_config(
+        tmp_path / "single",
+        tracking={"enabled": False},
+        optim={"lr": 1e-5},
+        train={"epochs": 1, "threads": 1},
+        data={"augment": False},
+    )
+    ddp_cfg = small_config(
+        tmp_path / "ddp",
+        tracking={"uri": f"sqlite:///{tmp_path}/ddp.db", "experiment": "ddp"},
+        optim={"lr": 1e-5},
+        train={"epochs": 1, "threads": 1},
+        data={"augment": False, "batch_size": 4, "cache_dir": single_cfg["data"]["cache_dir"]},
+    )
     single = train(single_cfg)
     cfg_file, out_file = tmp_path / "cfg.json", tmp_path / "metrics.json"
     cfg_file.write_text(json.dumps(ddp_cfg))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), str(HERE / "ddp_worker.py"), str(cfg_file), str(out_file)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            str(HERE / "ddp_worker.py"),
+            str(cfg_file),
+            str(out_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads(out_file.read_text())
@@ -211,8 +276,13 @@ def test_two_rank_gloo_ddp_matches_single_process(tmp_path):
 
 
 def test_non_finite_loss_fails_the_run_without_burning_epochs(tmp_path):
-    cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 1e12}, train={"epochs": 5},
-                       tracking={"log_model": False}, stft={"learn_window": False, "learn_kernel": False})
+    cfg = small_config(
+        tmp_path,
+        optim={"name": "sgd", "lr": 1e12},
+        train={"epochs": 5},
+        tracking={"log_model": False},
+        stft={"learn_window": False, "learn_kernel": False},
+    )
     with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
         train(cfg)
     client = MlflowClient(cfg["tracking"]["uri"])
@@ -255,8 +325,11 @@ def test_a_best_checkpoint_that_is_also_the_last_is_one_file_under_two_names(tmp
     save_checkpoint({"epoch": 2}, last)  # the next epoch, not better: best.pt stays as it was
     assert (load_checkpoint(best)["epoch"], load_checkpoint(last)["epoch"]) == (1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
-    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last\.pt.* from gone\.pt .*"
-                                              r"the previous last\.pt is unchanged"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot write checkpoint .*last\.pt.* from gone\.pt .*"
+        r"the previous last\.pt is unchanged",
+    ):
         link_checkpoint(tmp_path / "gone.pt", last)
     assert load_checkpoint(last)["epoch"] == 2
 
@@ -295,8 +368,22 @@ def test_predict_cli_prints_top_genres(tmp_path):
     sf.write(song, rng.standard_normal(8000 * 3).astype(np.float32) * 0.1, 8000)
     stereo44k = tmp_path / "stereo.flac"
     sf.write(stereo44k, rng.standard_normal((44100 * 2, 2)).astype(np.float32) * 0.1, 44100)
-    proc = subprocess.run([sys.executable, "-m", "adastft.predict", str(song), str(stereo44k), "--model",
-                           str(tmp_path / "run"), "--top", "2"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adastft.predict",
+            str(song),
+            str(stereo44k),
+            "--model",
+            str(tmp_path / "run"),
+            "--top",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{song}: ")
@@ -305,13 +392,32 @@ def test_predict_cli_prints_top_genres(tmp_path):
     client = MlflowClient(cfg["tracking"]["uri"])
     (experiment,) = [e for e in client.search_experiments() if e.name == "unit"]
     (run,) = client.search_runs([experiment.experiment_id])
-    from_mlflow = subprocess.run([sys.executable, "-m", "adastft.predict", str(song), "--model", f"runs:/{run.info.run_id}",
-                                  "--tracking-uri", cfg["tracking"]["uri"], "--top", "2"],
-                                 capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    from_mlflow = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adastft.predict",
+            str(song),
+            "--model",
+            f"runs:/{run.info.run_id}",
+            "--tracking-uri",
+            cfg["tracking"]["uri"],
+            "--top",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert from_mlflow.returncode == 0, from_mlflow.stderr
     assert from_mlflow.stdout.strip().splitlines()[0] == lines[0]  # the same model, the same answer
-    bad = subprocess.run([sys.executable, "-m", "adastft.predict", str(tmp_path / "nope.wav"), "--model",
-                          str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "adastft.predict", str(tmp_path / "nope.wav"), "--model", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "no such file" in bad.stderr
 
     # A file shorter than one segment says so; a model that cannot decide prints a tie, not a label.
@@ -339,8 +445,9 @@ class _History:
 
 def test_front_end_starts_learning_at_the_configured_epoch(tmp_path):
     history = _History()
-    cfg = small_config(tmp_path, tracking={"enabled": False}, train={"epochs": 2, "max_batches": 2},
-                       stft={"learn_after_epoch": 1})
+    cfg = small_config(
+        tmp_path, tracking={"enabled": False}, train={"epochs": 2, "max_batches": 2}, stft={"learn_after_epoch": 1}
+    )
     train(cfg, history)
     assert [m["window_change"] == 0.0 for m in history.metrics] == [True, False]
     assert history.metrics[1]["kernel_change"] > 0
@@ -348,10 +455,19 @@ def test_front_end_starts_learning_at_the_configured_epoch(tmp_path):
 
 def test_window_length_learns_from_its_epoch_and_is_logged(tmp_path):
     history = _History()
-    cfg = small_config(tmp_path, train={"epochs": 2, "max_batches": 2}, optim={"lr": 1e-2},
-                       stft={"learn_after_epoch": 1, "learn_win_length": True, "learn_window": False,
-                             "learn_kernel": False, "win_length": 200},
-                       tracking={"tensor_formats": ["npy"], "log_model": False})
+    cfg = small_config(
+        tmp_path,
+        train={"epochs": 2, "max_batches": 2},
+        optim={"lr": 1e-2},
+        stft={
+            "learn_after_epoch": 1,
+            "learn_win_length": True,
+            "learn_window": False,
+            "learn_kernel": False,
+            "win_length": 200,
+        },
+        tracking={"tensor_formats": ["npy"], "log_model": False},
+    )
     train(cfg, history)
     lengths = [m["win_length"] for m in history.metrics]
     assert lengths[0] == pytest.approx(200.0) and abs(lengths[1] - 200.0) > 1e-3, lengths
@@ -381,8 +497,12 @@ def test_mixup_trains_on_soft_targets_and_resumes_to_the_same_losses(tmp_path, m
             raise Stopped
 
     def config(name):
-        return small_config(tmp_path / name, tracking={"enabled": False}, train={"epochs": 2, "max_batches": 2},
-                            data={"mixup_alpha": 0.4, "cache_dir": str(tmp_path / "cache")})
+        return small_config(
+            tmp_path / name,
+            tracking={"enabled": False},
+            train={"epochs": 2, "max_batches": 2},
+            data={"mixup_alpha": 0.4, "cache_dir": str(tmp_path / "cache")},
+        )
 
     straight = _History()
     train(config("a"), straight)
@@ -393,11 +513,15 @@ def test_mixup_trains_on_soft_targets_and_resumes_to_the_same_losses(tmp_path, m
     train(config("b"), resumed)
     losses = [m["train_loss"] for m in straight.metrics]
     assert all(np.isfinite(losses)) and resumed.metrics[-1]["train_loss"] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_a_pcen_run_learns_its_compression_and_logs_it(tmp_path):
-    cfg = small_config(tmp_path, train={"epochs": 1, "max_batches": 2},
-                       stft={"compression": "pcen", "learn_compression": True, "learn_window": False,
-                             "learn_kernel": False},
-                       tracking={"log_model": False, "tensor_formats": ["npy"], "system_metrics_interval": 0})
+    cfg = small_config(
+        tmp_path,
+        train={"epochs": 1, "max_batches": 2},
+        stft={"compression": "pcen", "learn_compression": True, "learn_window": False, "learn_kernel": False},
+        tracking={"log_model": False, "tensor_formats": ["npy"], "system_metrics_interval": 0},
+    )
     metrics = train(cfg)
     assert metrics["window_change"] == 0.0 and metrics["kernel_change"] == 0.0
     client = MlflowClient(cfg["tracking"]["uri"])
@@ -406,8 +530,9 @@ def test_a_pcen_run_learns_its_compression_and_logs_it(tmp_path):
     for name in ("smoothing", "alpha", "delta", "root"):
         assert {f"tensors/pcen_{name}_last.npy", f"tensors/pcen_{name}_best.npy"} <= artifacts, name
     assert "plots/pcen.png" in artifacts
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tensors/pcen_alpha_last.npy",
-                                                tracking_uri=cfg["tracking"]["uri"])
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="tensors/pcen_alpha_last.npy", tracking_uri=cfg["tracking"]["uri"]
+    )
     alpha = np.load(local)
     assert alpha.shape == (32,) and np.abs(alpha - 0.96).max() > 0  # it learned
 
@@ -420,8 +545,9 @@ def test_pretrained_backbone_comes_from_a_local_file_only(tmp_path):
 
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
-    model = AdaSTFTClassifier(AdaSTFT(8000, n_fft=256, hop_length=128, n_mels=32), num_classes=10,
-                              pretrained_path=tmp_path / "resnet18.pt")
+    model = AdaSTFTClassifier(
+        AdaSTFT(8000, n_fft=256, hop_length=128, n_mels=32), num_classes=10, pretrained_path=tmp_path / "resnet18.pt"
+    )
     torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
     with pytest.raises(ValueError, match="model.pretrained_path .* is not a file"):
         AdaSTFTClassifier(AdaSTFT(8000, n_fft=256, n_mels=32), num_classes=10, pretrained_path=tmp_path / "no.pt")

@@ -50,7 +50,9 @@ def expand_arms(overrides: list[str], config_dir: Path) -> list[Arm]:
             options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
             values = override.value().filter(options)
             if not values:
-                raise SearchError(f"{text!r} matches no option of adastft/configs/{group}/ (have: {', '.join(options) or 'none'})")
+                raise SearchError(
+                    f"{text!r} matches no option of adastft/configs/{group}/ (have: {', '.join(options) or 'none'})"
+                )
         elif override.is_discrete_sweep():
             values = list(override.sweep_string_iterator())
         else:
@@ -82,8 +84,9 @@ def named_arms(specs: list[str], common: list[str]) -> list[Arm]:
     parser = OverridesParser.create()
     swept = [text for text in common if parser.parse_overrides([text])[0].is_sweep_override()]
     if swept:
-        raise SearchError(f"{swept[0]!r}: with --arm the other overrides are common to every arm; move the sweep into "
-                          "the --arm flags")
+        raise SearchError(
+            f"{swept[0]!r}: with --arm the other overrides are common to every arm; move the sweep into the --arm flags"
+        )
     return arms
 
 

@@ -91,12 +91,19 @@ def restore(restored, out_dir: Path) -> None:
     for path, other in trial_checkpoints(restored.filesystem, root):
         if other["epoch"] == meta["best_epoch"]:
             tmp = out_dir / f".{BEST_FILE}.download"
-            pafs.copy_files(posixpath.join(path, CHECKPOINT_FILE), str(tmp), source_filesystem=restored.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                posixpath.join(path, CHECKPOINT_FILE),
+                str(tmp),
+                source_filesystem=restored.filesystem,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
             os.replace(tmp, out_dir / BEST_FILE)
             return
-    log.warning("the checkpoint of best epoch %d is not in %s: the test split will use the last weights",
-                meta["best_epoch"] + 1, root)
+    log.warning(
+        "the checkpoint of best epoch %d is not in %s: the test split will use the last weights",
+        meta["best_epoch"] + 1,
+        root,
+    )
 
 
 def _read_meta_file(path: Path) -> dict[str, int] | None:

@@ -25,23 +25,49 @@ from tune.study_dir import StudyDir
 
 def add_run_flags(p: argparse.ArgumentParser, what: str, default_name: str, default_storage: str) -> None:
     """The flags of where and how trials run; ``what``: "study" or "comparison", for the help."""
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPUs per trial; fractions pack trials on a GPU (default: 0.5 if a GPU is visible, else 0)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial; fractions pack trials on a GPU (default: 0.5 if a GPU is visible, else 0)",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial, or per worker (default 1)")
-    p.add_argument("--workers-per-trial", type=int, default=1,
-                   help="DDP workers per trial; >1 runs each trial as a Ray Train TorchTrainer (default 1)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials at once (default: what the resources allow)")
+    p.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=1,
+        help="DDP workers per trial; >1 runs each trial as a Ray Train TorchTrainer (default 1)",
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, default=None, help="cap on trials at once (default: what the resources allow)"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default: a local Ray")
-    p.add_argument("--storage", default=None,
-                   help=f"results folder or URI (default {default_storage}); shared storage (s3://, NFS) on a multi-node cluster")
-    p.add_argument("--name", default=default_name, help=f"{what} name: the folder under --storage and the MLflow parent run")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help=f"results folder or URI (default {default_storage}); shared storage (s3://, NFS) on a multi-node cluster",
+    )
+    p.add_argument(
+        "--name", default=default_name, help=f"{what} name: the folder under --storage and the MLflow parent run"
+    )
     p.add_argument("--resume", action="store_true", help=f"continue the interrupted {what} --name")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint (default 2)")
-    p.add_argument("--stall-timeout", type=float, default=900.0,
-                   help="seconds without a finished training step before a trial is stopped (default 900; 0 = never)")
-    p.add_argument("--trial-resource", action="append", default=[], metavar="NAME=AMOUNT",
-                   help="a custom Ray resource each trial (each DDP worker) also needs, e.g. spot=1 to run trials only on "
-                        "nodes started with --resources '{\"spot\": 4}'; repeatable")
+    p.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint (default 2)"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=900.0,
+        help="seconds without a finished training step before a trial is stopped (default 900; 0 = never)",
+    )
+    p.add_argument(
+        "--trial-resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each trial (each DDP worker) also needs, e.g. spot=1 to run trials only on "
+        "nodes started with --resources '{\"spot\": 4}'; repeatable",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
 
 
@@ -70,13 +96,21 @@ def check_run_flags(p: argparse.ArgumentParser, args: argparse.Namespace, overri
         except ValueError:
             value = -1.0
         if not name or name in ("CPU", "GPU", "cpu", "gpu") or not value > 0:
-            p.error(f"--trial-resource {item!r}: give NAME=AMOUNT with a custom resource name and an amount > 0 "
-                    "(CPUs and GPUs have their own flags)")
+            p.error(
+                f"--trial-resource {item!r}: give NAME=AMOUNT with a custom resource name and an amount > 0 "
+                "(CPUs and GPUs have their own flags)"
+            )
         args.trial_resources[name] = value
 
 
-def open_study(args: argparse.Namespace, base: Config, cwd: Path, default_folder: str, what: str = "study",
-               before_lock: Callable[[bool, Path | None], None] | None = None) -> tuple[str, StudyDir, StudyLock | None]:
+def open_study(
+    args: argparse.Namespace,
+    base: Config,
+    cwd: Path,
+    default_folder: str,
+    what: str = "study",
+    before_lock: Callable[[bool, Path | None], None] | None = None,
+) -> tuple[str, StudyDir, StudyLock | None]:
     """Check the study's name, storage, ``--resume``, tracking and resources, then take its lock.
 
     Returns ``(storage, study_dir, lock)`` (on object storage, the lock of the working copy). ``before_lock(exists,
@@ -97,8 +131,9 @@ def open_study(args: argparse.Namespace, base: Config, cwd: Path, default_folder
         raise SearchError(f"--storage {storage}: cannot reach it ({str(exc).strip().splitlines()[0]})") from None
     local = None if study_dir.remote else study_dir.path
     if exists and not args.resume:
-        raise SearchError(f"{what} {args.name!r} already exists in {storage}: add --resume to continue it, "
-                          "or pick another --name")
+        raise SearchError(
+            f"{what} {args.name!r} already exists in {storage}: add --resume to continue it, or pick another --name"
+        )
     if args.resume and not exists:
         raise SearchError(f"--resume: no {what} {args.name!r} in {storage} to continue")
     if before_lock is not None:
@@ -120,8 +155,14 @@ def open_study(args: argparse.Namespace, base: Config, cwd: Path, default_folder
     return storage, study_dir, lock
 
 
-def drive(prog: str, what: str, args: argparse.Namespace, argv: list[str] | None, default_script: str,
-          check: Callable[[], tuple[Callable[[], int], StudyLock | None]]) -> int:
+def drive(
+    prog: str,
+    what: str,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    default_script: str,
+    check: Callable[[], tuple[Callable[[], int], StudyLock | None]],
+) -> int:
     """Run a driver: ``check()`` validates everything before Ray starts and returns the function
     that starts Ray and runs the study, and the study's lock. Bad input: one line, exit 2; a
     Ctrl-C or SIGTERM that reaches here (before Ray, or a second one): one line, exit 128 + signal."""

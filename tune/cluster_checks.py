@@ -78,14 +78,14 @@ def _loopback(host: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def _unreachable_from(url: str, nodes: list[dict], timeout_s: float = 5.0,
-                      wait_s: float = 90.0) -> dict[str, str]:
+def _unreachable_from(url: str, nodes: list[dict], timeout_s: float = 5.0, wait_s: float = 90.0) -> dict[str, str]:
     """``{node address: reason}`` for each node where an HTTP GET of ``url`` gets no answer.
 
     One tiny task per node, pinned there. Any HTTP answer (even an error status) means the
     server is reachable; a refused or timed-out connection, or a name that does not resolve,
     does not. A node whose task does not finish within ``wait_s`` is reported as such.
     """
+
     def probe(target: str, timeout: float) -> str | None:  # runs on the node; stdlib only
         import urllib.error
         import urllib.request
@@ -154,23 +154,29 @@ def check_cluster(storage: str, tracking_uri: str | None) -> None:
         )
     if not tracking_uri:
         return
-    fix = ("point it at the MLflow server on the head node's private address "
-           "(on clusters from cluster/*.yaml leave tracking.uri unset: they set MLFLOW_TRACKING_URI to it)")
+    fix = (
+        "point it at the MLflow server on the head node's private address "
+        "(on clusters from cluster/*.yaml leave tracking.uri unset: they set MLFLOW_TRACKING_URI to it)"
+    )
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
         raise SearchError(f"tracking.uri {redact_text(tracking_uri)} is local to this machine but {why}: {fix}")
     host = parsed.hostname or ""
     if _loopback(host):
-        raise SearchError(f"tracking.uri {redact_text(tracking_uri)} is this machine's loopback address, which workers on "
-                          f"other nodes cannot reach, but {why}: {fix}")
+        raise SearchError(
+            f"tracking.uri {redact_text(tracking_uri)} is this machine's loopback address, which workers on "
+            f"other nodes cannot reach, but {why}: {fix}"
+        )
     if len(nodes) > 1:
         health = f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}{parsed.path.rstrip('/')}/health"
         failed = _unreachable_from(health, nodes)
         if failed:
             node, reason = sorted(failed.items())[0]
             more = f" (and {len(failed) - 1} more nodes)" if len(failed) > 1 else ""
-            raise SearchError(f"tracking.uri {redact_text(tracking_uri)} is unreachable from node {node}{more} ({reason}) "
-                              f"but {why}: {fix}")
+            raise SearchError(
+                f"tracking.uri {redact_text(tracking_uri)} is unreachable from node {node}{more} ({reason}) "
+                f"but {why}: {fix}"
+            )
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,9 @@ def custom_resource_slots(wanted: dict[str, float], workers: int) -> int:
         if fits < 1 and launcher_capacity() is not None:  # an autoscaler may start such nodes later
             continue
         if fits < 1:
-            raise SearchError(f"--trial-resource {name}={amount:g}: the Ray cluster offers {have.get(name, 0.0):g} {name} "
-                              f"(start nodes with --resources '{{\"{name}\": N}}', or drop the flag)")
+            raise SearchError(
+                f"--trial-resource {name}={amount:g}: the Ray cluster offers {have.get(name, 0.0):g} {name} "
+                f"(start nodes with --resources '{{\"{name}\": N}}', or drop the flag)"
+            )
         slots.append(fits)
     return min(slots, default=10**9)

@@ -44,17 +44,29 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         prog=shlex.join(command_of(sys.argv[0], "tune/compare.py")),
         description="Compare configurations (arms) over seeds on the search's machinery, with error bars.",
         epilog="Anything else is a Hydra override; sweeps (stft=fixed,learn_both, experiment='glob(original_*)') "
-               "make the arms.",
+        "make the arms.",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm: train.seed 0..N-1 (default 3)")
-    p.add_argument("--first-seed", type=int, default=0,
-                   help="start the seeds here: train.seed K..K+N-1, to add seeds to an earlier comparison's (default 0)")
-    p.add_argument("--baseline", default=None,
-                   help="the arm the others are compared with: its name (stft=fixed) or its swept value (fixed); "
-                        "default: the first arm")
-    p.add_argument("--arm", action="append", default=[], metavar="NAME:OVERRIDES",
-                   help="a named arm of several overrides, e.g. --arm 'slow:stft=learn_both stft.lr=1e-4' "
-                        "(repeat it; the other overrides are common to all arms and may not sweep)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="start the seeds here: train.seed K..K+N-1, to add seeds to an earlier comparison's (default 0)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="the arm the others are compared with: its name (stft=fixed) or its swept value (fixed); "
+        "default: the first arm",
+    )
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME:OVERRIDES",
+        help="a named arm of several overrides, e.g. --arm 'slow:stft=learn_both stft.lr=1e-4' "
+        "(repeat it; the other overrides are common to all arms and may not sweep)",
+    )
     add_run_flags(p, "comparison", "compare", "./runs/compare")
     args, overrides = p.parse_known_args(argv)
     check_run_flags(p, args, overrides)
@@ -77,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         configs = {arm.name: absolutise(compose_arm(arm), cwd) for arm in arms}
         first = configs[arms[0].name]
         for name, cfg in configs.items():  # one parent run holds them all
-            if (cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment) != \
-                    (first.tracking.enabled, first.tracking.uri, first.tracking.experiment):
-                raise SearchError(f"arm {name!r} tracks elsewhere than arm {arms[0].name!r} (tracking.enabled, .uri, "
-                                  ".experiment): set them once, outside the sweeps")
+            if (cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment) != (
+                first.tracking.enabled,
+                first.tracking.uri,
+                first.tracking.experiment,
+            ):
+                raise SearchError(
+                    f"arm {name!r} tracks elsewhere than arm {arms[0].name!r} (tracking.enabled, .uri, "
+                    ".experiment): set them once, outside the sweeps"
+                )
         storage, study_dir, lock = open_study(args, first, cwd, "compare", what="comparison")
 
         def start() -> int:

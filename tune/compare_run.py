@@ -20,8 +20,19 @@ from adastft.config import Config
 from adastft.tracking import ui_link
 from tune.checkpoints import keep_best_trials
 from tune.compare_stats import METRICS, comparison, format_table, plot_comparison
-from tune.driver import (announce, fit_and_end, for_trials, open_state, parent_run, plan_trials, restore_point,
-                         run_config, start, study_settings, trial_resources)
+from tune.driver import (
+    announce,
+    fit_and_end,
+    for_trials,
+    open_state,
+    parent_run,
+    plan_trials,
+    restore_point,
+    run_config,
+    start,
+    study_settings,
+    trial_resources,
+)
 from tune.study import StudySettings
 from tune.study_dir import StudyDir
 from tune.summary import TrialRunCallback
@@ -40,8 +51,14 @@ def run_arm(config: dict, arms: dict[str, Config], study: StudySettings) -> None
         run_ddp_trial(params, base, study)
 
 
-def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str, Config], baseline: str, storage: str,
-                   study_dir: StudyDir) -> int:
+def run_comparison(
+    args: argparse.Namespace,
+    arms: list[str],
+    configs: dict[str, Config],
+    baseline: str,
+    storage: str,
+    study_dir: StudyDir,
+) -> int:
     started = time.time()
     stops = start(args)
     try:
@@ -49,12 +66,19 @@ def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str,
         plan, _ = plan_trials(args, first, storage)
         bases = {name: for_trials(cfg, plan) for name, cfg in configs.items()}
         params = {"compare": {"arms": arms, "seeds": args.seeds, "baseline": baseline}}
-        state, parent = open_state(study_dir, args.name, lambda state: parent_run(args.name, first, "compare", params,
-                                                                                 state))
+        state, parent = open_state(
+            study_dir, args.name, lambda state: parent_run(args.name, first, "compare", params, state)
+        )
         study = study_settings(args, first, parent, state, study_dir, storage, plan)
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        announce(f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials",
-                 plan, f"baseline {baseline!r}", storage, args.name, parent)
+        announce(
+            f"comparison {args.name!r}: {len(arms)} arms x {len(seeds)} seeds = {len(arms) * len(seeds)} trials",
+            plan,
+            f"baseline {baseline!r}",
+            storage,
+            args.name,
+            parent,
+        )
 
         storage_path, storage_fs, exp_path, restoring = restore_point(args, storage, study)
         _, resources = trial_resources(args, plan)
@@ -62,14 +86,26 @@ def run_comparison(args: argparse.Namespace, arms: list[str], configs: dict[str,
         epochs = min(cfg.train.epochs for cfg in configs.values())
         callbacks = [TrialRunCallback(study, epochs)] if first.tracking.enabled else []
         if restoring:
-            tuner = ray_tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True, storage_filesystem=storage_fs)
+            tuner = ray_tune.Tuner.restore(
+                exp_path, trainable=trainable, resume_errored=True, storage_filesystem=storage_fs
+            )
         else:
             tuner = ray_tune.Tuner(
-                trainable, param_space={"arm": ray_tune.grid_search(arms), "seed": ray_tune.grid_search(seeds)},
+                trainable,
+                param_space={"arm": ray_tune.grid_search(arms), "seed": ray_tune.grid_search(seeds)},
                 tune_config=ray_tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=True),
-                run_config=run_config(args, storage_path, storage_fs, callbacks, study_dir))
-        return fit_and_end(tuner, args, stops, study, parent, study_dir, lambda results: _summarise(
-            args, arms, baseline, results, study, parent, study_dir, started), prog="compare")
+                run_config=run_config(args, storage_path, storage_fs, callbacks, study_dir),
+            )
+        return fit_and_end(
+            tuner,
+            args,
+            stops,
+            study,
+            parent,
+            study_dir,
+            lambda results: _summarise(args, arms, baseline, results, study, parent, study_dir, started),
+            prog="compare",
+        )
     finally:
         ray.shutdown()
 
@@ -80,16 +116,22 @@ def trial_rows(results, study: StudySettings) -> list[dict]:
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        row = {"arm": config.get("arm"), "seed": config.get("seed"), "trial_id": trial_id,
-               "epochs": metrics.get("training_iteration"), "error": str(result.error).splitlines()[0] if result.error else None}
+        row = {
+            "arm": config.get("arm"),
+            "seed": config.get("seed"),
+            "trial_id": trial_id,
+            "epochs": metrics.get("training_iteration"),
+            "error": str(result.error).splitlines()[0] if result.error else None,
+        }
         row.update({metric: metrics.get(metric) for metric, _ in METRICS})
         row["mlflow_run_id"] = find_trial_run(study, trial_id)  # None with tracking off
         rows.append(row)
     return sorted(rows, key=lambda r: (str(r["arm"]), int(r["seed"] or 0)))
 
 
-def _summarise(args, arms: list[str], baseline: str, results, study: StudySettings, parent, study_dir: StudyDir,
-               started: float) -> int:
+def _summarise(
+    args, arms: list[str], baseline: str, results, study: StudySettings, parent, study_dir: StudyDir, started: float
+) -> int:
     rows = trial_rows(results, study)
     # every trial's best model is in its MLflow run (checkpoint/best_model.pt): Tune's full-state copies go
     keep_best_trials(results, [], 0 if study.parent_run_id else None, study.storage_path)
@@ -106,9 +148,14 @@ def _summarise(args, arms: list[str], baseline: str, results, study: StudySettin
     failed = [r for r in rows if r["error"]]
     parent.set_tags({"baseline": baseline})
     parent.end("FINISHED" if not failed else "FAILED")
-    print(f"\ncomparison {args.name!r}: {len(rows)} trials in {(time.time() - started) / 60:.1f} min"
-          + (f", {len(failed)} failed: " + ", ".join(f"{r['arm']} seed {r['seed']} ({r['error']})" for r in failed)
-             if failed else ""))
+    print(
+        f"\ncomparison {args.name!r}: {len(rows)} trials in {(time.time() - started) / 60:.1f} min"
+        + (
+            f", {len(failed)} failed: " + ", ".join(f"{r['arm']} seed {r['seed']} ({r['error']})" for r in failed)
+            if failed
+            else ""
+        )
+    )
     if parent.run_id:
         print(f"  MLflow UI: {ui_link(study.tracking_uri, parent.experiment_id)}")
     print(f"  table and plot: {study_dir.location('summary/comparison.txt')}, comparison.png\n")

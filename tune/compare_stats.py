@@ -72,13 +72,24 @@ def comparison(rows: list[Mapping], arms: list[str], baseline: str) -> list[dict
     ``<metric>_std`` and, against ``baseline``, ``<metric>_diff``, ``_diff_low``, ``_diff_high``."""
     out = []
     for arm in arms:
-        row: dict = {"arm": arm, "baseline": arm == baseline,
-                     "seeds": len({int(r["seed"]) for r in rows if r["arm"] == arm and _finite(r.get(METRICS[0][0]))})}
+        row: dict = {
+            "arm": arm,
+            "baseline": arm == baseline,
+            "seeds": len({int(r["seed"]) for r in rows if r["arm"] == arm and _finite(r.get(METRICS[0][0]))}),
+        }
         for metric, _ in METRICS:
             s = spread(by_seed(rows, arm, metric).values())
             d = paired_difference(by_seed(rows, arm, metric), by_seed(rows, baseline, metric))
-            row.update({f"{metric}_mean": s.mean, f"{metric}_std": s.std, f"{metric}_diff": d.mean,
-                        f"{metric}_diff_low": d.low, f"{metric}_diff_high": d.high, f"{metric}_pairs": d.n})
+            row.update(
+                {
+                    f"{metric}_mean": s.mean,
+                    f"{metric}_std": s.std,
+                    f"{metric}_diff": d.mean,
+                    f"{metric}_diff_low": d.low,
+                    f"{metric}_diff_high": d.high,
+                    f"{metric}_pairs": d.n,
+                }
+            )
         out.append(row)
     return out
 
@@ -90,8 +101,10 @@ def _num(x: float, signed: bool = False) -> str:
 def format_table(table: list[dict], baseline: str, seeds: int, first_seed: int = 0) -> str:
     """The table printed at the end and logged with the parent run."""
     width = max(len("arm"), *(len(r["arm"]) for r in table)) + 2
-    lines = [f"{len(table)} arms x {seeds} seeds (train.seed {first_seed}..{first_seed + seeds - 1}); mean ± std over seeds",
-             f"{'arm':<{width}}{'seeds':>5}  " + "".join(f"{title:>17}" for _, title in METRICS)]
+    lines = [
+        f"{len(table)} arms x {seeds} seeds (train.seed {first_seed}..{first_seed + seeds - 1}); mean ± std over seeds",
+        f"{'arm':<{width}}{'seeds':>5}  " + "".join(f"{title:>17}" for _, title in METRICS),
+    ]
     for r in table:
         cells = "".join(f"{_num(r[f'{m}_mean']) + ' ± ' + _num(r[f'{m}_std']):>17}" for m, _ in METRICS)
         lines.append(f"{r['arm']:<{width}}{r['seeds']:>5}  {cells}")
@@ -100,8 +113,10 @@ def format_table(table: list[dict], baseline: str, seeds: int, first_seed: int =
     for r in table:
         if r["baseline"]:
             continue
-        cells = "".join(f"{_num(r[f'{m}_diff'], True) + ' [' + _num(r[f'{m}_diff_low'], True) + ', ' + _num(r[f'{m}_diff_high'], True) + ']':>26}"
-                        for m, _ in METRICS)
+        cells = "".join(
+            f"{_num(r[f'{m}_diff'], True) + ' [' + _num(r[f'{m}_diff_low'], True) + ', ' + _num(r[f'{m}_diff_high'], True) + ']':>26}"
+            for m, _ in METRICS
+        )
         lines.append(f"{r['arm']:<{width}}{r[f'{METRICS[-1][0]}_pairs']:>5}  {cells}")
     return "\n".join(lines)
 
@@ -117,14 +132,25 @@ def plot_comparison(table: list[dict], baseline: str, path: Path) -> Path:
     ys = list(range(len(table)))
     for k, (metric, title) in enumerate(METRICS):
         off = (k - 1) * 0.2
-        axes[0].errorbar([r[f"{metric}_mean"] for r in table], [y + off for y in ys],
-                         xerr=[0 if r[f"{metric}_std"] != r[f"{metric}_std"] else r[f"{metric}_std"] for r in table],
-                         fmt="o", capsize=3, label=title)
+        axes[0].errorbar(
+            [r[f"{metric}_mean"] for r in table],
+            [y + off for y in ys],
+            xerr=[0 if r[f"{metric}_std"] != r[f"{metric}_std"] else r[f"{metric}_std"] for r in table],
+            fmt="o",
+            capsize=3,
+            label=title,
+        )
         diffs = [r[f"{metric}_diff"] for r in table]
-        err = [[max(d - r[f"{metric}_diff_low"], 0) if r[f"{metric}_diff_low"] == r[f"{metric}_diff_low"] else 0
-                for d, r in zip(diffs, table)],
-               [max(r[f"{metric}_diff_high"] - d, 0) if r[f"{metric}_diff_high"] == r[f"{metric}_diff_high"] else 0
-                for d, r in zip(diffs, table)]]
+        err = [
+            [
+                max(d - r[f"{metric}_diff_low"], 0) if r[f"{metric}_diff_low"] == r[f"{metric}_diff_low"] else 0
+                for d, r in zip(diffs, table)
+            ],
+            [
+                max(r[f"{metric}_diff_high"] - d, 0) if r[f"{metric}_diff_high"] == r[f"{metric}_diff_high"] else 0
+                for d, r in zip(diffs, table)
+            ],
+        ]
         axes[1].errorbar(diffs, [y + off for y in ys], xerr=err, fmt="o", capsize=3, label=title)
     axes[0].set_yticks(ys, [r["arm"] for r in table])
     axes[0].set_xlabel("accuracy (mean ± std over seeds)")

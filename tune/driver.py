@@ -21,8 +21,14 @@ from adastft.config import Config
 from adastft.tracking import NullTracker, Tracker
 
 from tune.checkpoints import SCORE
-from tune.cluster_checks import (TrialPlan, check_cluster, cluster_resources, custom_resource_slots, plan_resources,
-                                 run_on_nodes)
+from tune.cluster_checks import (
+    TrialPlan,
+    check_cluster,
+    cluster_resources,
+    custom_resource_slots,
+    plan_resources,
+    run_on_nodes,
+)
 from tune.interrupt import Interrupted, StopSignals, report_interrupted
 from tune.settings import ROOT, SearchError
 from tune.study import StudySettings
@@ -37,34 +43,59 @@ def plan_trials(args: argparse.Namespace, base: Config, storage: str) -> tuple[T
     the device and threads a trial gets."""
     check_cluster(storage, base.tracking.uri if base.tracking.enabled else None)
     plan = plan_resources(args, *cluster_resources())
-    plan = dataclasses.replace(plan, concurrent=min(plan.concurrent,
-                                                    custom_resource_slots(args.trial_resources, plan.workers)))
+    plan = dataclasses.replace(
+        plan, concurrent=min(plan.concurrent, custom_resource_slots(args.trial_resources, plan.workers))
+    )
     return plan, for_trials(base, plan)
 
 
 def for_trials(cfg: Config, plan: TrialPlan) -> Config:
     """``cfg`` with the device and threads a trial of ``plan`` gets (valid by construction: not
     validated again)."""
-    return cfg.replaced({"train.device": "cuda" if plan.gpus > 0 else "cpu",
-                         "train.threads": cfg.train.threads or max(1, int(plan.cpus))})
+    return cfg.replaced(
+        {
+            "train.device": "cuda" if plan.gpus > 0 else "cpu",
+            "train.threads": cfg.train.threads or max(1, int(plan.cpus)),
+        }
+    )
 
 
 def announce(head: str, plan: TrialPlan, tail: str, storage: str, name: str, parent) -> None:
     """The driver's first line: what runs, how many at once on what, where results and the parent run are."""
-    print(f"{head}, {plan.concurrent} at a time, {plan.cpus:g} CPU / {plan.gpus:g} GPU x {plan.workers} "
-          f"worker(s) per trial, {tail}, results in {storage}/{name}"
-          + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""), flush=True)
+    print(
+        f"{head}, {plan.concurrent} at a time, {plan.cpus:g} CPU / {plan.gpus:g} GPU x {plan.workers} "
+        f"worker(s) per trial, {tail}, results in {storage}/{name}"
+        + (f", MLflow parent run {parent.run_id}" if parent.run_id else ""),
+        flush=True,
+    )
 
 
-def study_settings(args: argparse.Namespace, base: Config, parent, state: dict, study_dir: StudyDir, storage: str,
-                   plan: TrialPlan, **objective) -> StudySettings:
+def study_settings(
+    args: argparse.Namespace,
+    base: Config,
+    parent,
+    state: dict,
+    study_dir: StudyDir,
+    storage: str,
+    plan: TrialPlan,
+    **objective,
+) -> StudySettings:
     """What every trial of the study is told (``tune/trainable.py``); ``objective``: the search's
     ``metric``, ``mode`` and ``report``."""
     return StudySettings(
-        name=args.name, work_key=state["work_key"], notes_dir=str(study_dir.path / "notes"), storage_path=storage,
-        parent_run_id=parent.run_id, tracking_uri=base.tracking.uri, experiment=base.tracking.experiment,
-        stall_timeout_s=args.stall_timeout, workers=plan.workers, cpus_per_worker=plan.cpus,
-        gpus_per_worker=plan.gpus, max_failures=args.max_failures, custom_resources=dict(args.trial_resources),
+        name=args.name,
+        work_key=state["work_key"],
+        notes_dir=str(study_dir.path / "notes"),
+        storage_path=storage,
+        parent_run_id=parent.run_id,
+        tracking_uri=base.tracking.uri,
+        experiment=base.tracking.experiment,
+        stall_timeout_s=args.stall_timeout,
+        workers=plan.workers,
+        cpus_per_worker=plan.cpus,
+        gpus_per_worker=plan.gpus,
+        max_failures=args.max_failures,
+        custom_resources=dict(args.trial_resources),
         **objective,
     )
 
@@ -84,19 +115,24 @@ def start(args: argparse.Namespace) -> StopSignals:
     return stops
 
 
-def run_config(args: argparse.Namespace, storage_path: str, storage_fs, callbacks: list,
-               study_dir: StudyDir) -> ray_tune.RunConfig:
+def run_config(
+    args: argparse.Namespace, storage_path: str, storage_fs, callbacks: list, study_dir: StudyDir
+) -> ray_tune.RunConfig:
     """Where Tune keeps the study, its retries and checkpoints (object storage: the study's own
     files are uploaded whenever a trial ends)."""
     if study_dir.remote:
         callbacks = [*callbacks, StudySync(study_dir)]
     return ray_tune.RunConfig(
-        name=args.name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=1,
+        name=args.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        verbose=1,
         failure_config=ray_tune.FailureConfig(max_failures=args.max_failures),
         # One full state per epoch (see tune/checkpoints.py); Tune keeps the best epoch's and
         # the latest, and the latest is what a retry resumes from.
-        checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
-                                                checkpoint_score_order="max"),
+        checkpoint_config=ray_tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
+        ),
         callbacks=callbacks,
     )
 
@@ -108,16 +144,22 @@ def restore_point(args: argparse.Namespace, storage: str, study: StudySettings) 
     exp_path = f"{storage_path}/{args.name}"
     restoring = args.resume and ray_tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
     if args.resume:
-        known = ({t.trial_id for t in ray_tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials}
-                 if restoring else set())
+        known = (
+            {t.trial_id for t in ray_tune.ExperimentAnalysis(exp_path, storage_filesystem=storage_fs).trials}
+            if restoring
+            else set()
+        )
         close_running_children(study, "interrupted", known)
     return storage_path, storage_fs, exp_path, restoring
 
 
 def start_ray(address: str | None, verbose: bool) -> None:
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    for key in ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+    for key in (
+        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    ):
         if key in os.environ:
             env[key] = os.environ[key]
     try:
@@ -129,9 +171,11 @@ def start_ray(address: str | None, verbose: bool) -> None:
             runtime_env={"env_vars": env},
         )
     except ConnectionError as exc:  # --address auto (or RAY_ADDRESS) with no cluster on this machine
-        raise SearchError(f"--address {address or os.environ.get('RAY_ADDRESS')}: no Ray cluster to connect to "
-                          f"({str(exc).splitlines()[0]}); start one with `ray start --head`, or leave --address "
-                          "out for a Ray of this process") from None
+        raise SearchError(
+            f"--address {address or os.environ.get('RAY_ADDRESS')}: no Ray cluster to connect to "
+            f"({str(exc).splitlines()[0]}); start one with `ray start --head`, or leave --address "
+            "out for a Ray of this process"
+        ) from None
 
 
 def parent_run(name: str, base: Config, kind: str, params: dict, state: dict):
@@ -139,8 +183,13 @@ def parent_run(name: str, base: Config, kind: str, params: dict, state: dict):
     new one with ``params``; a :class:`NullTracker` with tracking off."""
     if not base.tracking.enabled:
         return NullTracker()
-    tracker = Tracker(base.tracking.uri, base.tracking.experiment, run_name=name,
-                      tags={"study": name, "kind": kind, **base.tracking.tags}, run_id=state.get("parent_run_id"))
+    tracker = Tracker(
+        base.tracking.uri,
+        base.tracking.experiment,
+        run_name=name,
+        tags={"study": name, "kind": kind, **base.tracking.tags},
+        run_id=state.get("parent_run_id"),
+    )
     if not state.get("parent_run_id"):
         tracker.log_params(params)
     return tracker
@@ -177,7 +226,9 @@ def close_running_children(study: StudySettings, why: str, known: set[str] | Non
     for run in _child_runs(client, experiment, study):
         abandoned = known is not None and run.data.tags.get(TRIAL_TAG) not in known
         if run.info.status == "RUNNING" or abandoned:
-            client.set_tag(run.info.run_id, "stopped", "abandoned: Tune never recorded this trial" if abandoned else why)
+            client.set_tag(
+                run.info.run_id, "stopped", "abandoned: Tune never recorded this trial" if abandoned else why
+            )
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
         if abandoned:
@@ -186,7 +237,8 @@ def close_running_children(study: StudySettings, why: str, known: set[str] | Non
 
 def _child_runs(client, experiment, study: StudySettings) -> list:
     return client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'",
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'",
     )
 
 
@@ -219,8 +271,9 @@ def open_state(study_dir: StudyDir, name: str, parent_run) -> tuple[dict, object
     return state, parent
 
 
-def fit_and_end(tuner, args, stops: StopSignals, study: StudySettings, parent, study_dir: StudyDir, summarise,
-                prog: str = "search") -> int:
+def fit_and_end(
+    tuner, args, stops: StopSignals, study: StudySettings, parent, study_dir: StudyDir, summarise, prog: str = "search"
+) -> int:
     """Run the Tuner; then end the study as interrupted (:func:`stopped`) or with
     ``summarise(results) -> exit code``, its files in storage either way."""
     results = None
@@ -262,6 +315,7 @@ def remove_work_dirs(work_key: str, local: bool) -> None:
     Trials stopped by the scheduler or killed leave theirs behind; interrupting the study
     (Ctrl-C) removes them too: ``--resume`` restores from Tune's copies.
     """
+
     def remove(folder: str) -> int:  # runs on each node (its own temp dir); stdlib only
         import shutil
         import tempfile

@@ -93,5 +93,8 @@ def command_of(script: str, default: str = "tune/search.py") -> list[str]:
 def report_interrupted(study: str, why: str, command: str, prog: str = "search") -> None:
     """The one line an interrupted search (``prog``: or comparison) ends with, on stderr."""
     what = "comparison" if prog == "compare" else "study"
-    print(f"{prog}: interrupted ({why}): {what} {study!r} stopped before it finished; "
-          f"continue it with: {command}", file=sys.stderr, flush=True)
+    print(
+        f"{prog}: interrupted ({why}): {what} {study!r} stopped before it finished; continue it with: {command}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -81,8 +81,10 @@ class StudyLock:
 
 def _refusal(study: str, raw: bytes) -> SearchError:
     """The error for a study whose lock another driver holds, naming it from the lock file."""
-    return SearchError(f"study {study!r} is being run by another driver ({_describe(raw)}): wait for it to end, "
-                       "or stop it and then --resume")
+    return SearchError(
+        f"study {study!r} is being run by another driver ({_describe(raw)}): wait for it to end, "
+        "or stop it and then --resume"
+    )
 
 
 def _describe(raw: bytes) -> str:

@@ -63,8 +63,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return
         epochs = epochs_done(result)
         pruned = (
-            not error and result is not None and self.metric in result
-            and epochs is not None and epochs < self._max_epochs
+            not error
+            and result is not None
+            and self.metric in result
+            and epochs is not None
+            and epochs < self._max_epochs
         )
         if not pruned:
             super().on_trial_complete(trial_id, result, error)

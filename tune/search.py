@@ -46,19 +46,36 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         epilog="Anything else is a Hydra override, e.g. data=gtzan data.root=/data/gtzan optim=sgd.",
     )
     p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
-    p.add_argument("--search", default="default",
-                   help="search space: a name in adastft/configs/search/ or a path to a .yaml file (default: default)")
-    p.add_argument("--scheduler", choices=["asha", "median", "none"], default="asha",
-                   help="early stopping on epochs (default asha)")
-    p.add_argument("--report", choices=REPORT_MODES, default=DEFAULT_REPORT,
-                   help="what a trial reports to the scheduler and Optuna each epoch: the epoch's value of the "
-                        f"metric (last), the best so far (best) or a moving average (ema) (default {DEFAULT_REPORT}); "
-                        "the raw value is logged either way")
-    p.add_argument("--keep-checkpoints", default="3", metavar="K",
-                   help="when the study ends, keep the checkpoints of the best K trials only, or 'all' (default 3); "
-                        "trials stopped early give theirs up when they stop")
+    p.add_argument(
+        "--search",
+        default="default",
+        help="search space: a name in adastft/configs/search/ or a path to a .yaml file (default: default)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=["asha", "median", "none"],
+        default="asha",
+        help="early stopping on epochs (default asha)",
+    )
+    p.add_argument(
+        "--report",
+        choices=REPORT_MODES,
+        default=DEFAULT_REPORT,
+        help="what a trial reports to the scheduler and Optuna each epoch: the epoch's value of the "
+        f"metric (last), the best so far (best) or a moving average (ema) (default {DEFAULT_REPORT}); "
+        "the raw value is logged either way",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        default="3",
+        metavar="K",
+        help="when the study ends, keep the checkpoints of the best K trials only, or 'all' (default 3); "
+        "trials stopped early give theirs up when they stop",
+    )
     add_run_flags(p, "study", "study", "./runs/search")
-    p.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (default sqlite:///<storage>/<name>/optuna.db)")
+    p.add_argument(
+        "--optuna-storage", default=None, help="Optuna RDB URL (default sqlite:///<storage>/<name>/optuna.db)"
+    )
     args, overrides = p.parse_known_args(argv)
     check_run_flags(p, args, overrides)
     if args.trials < 1:
@@ -96,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def check_optuna(exists: bool, local: Path | None) -> None:
             if args.optuna_storage or (args.resume and local is not None):  # a new study's optuna.db is made later
-                check_optuna_storage(args.optuna_storage or f"sqlite:///{local / 'optuna.db'}",
-                                     args.name if args.resume else None)
+                check_optuna_storage(
+                    args.optuna_storage or f"sqlite:///{local / 'optuna.db'}", args.name if args.resume else None
+                )
 
         storage, study_dir, lock = open_study(args, base, cwd, "search", before_lock=check_optuna)
 

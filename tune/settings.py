@@ -36,7 +36,9 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
         raise SearchError(f"--search {search!r}: no such file")
     if search_file is None and not (CONFIG_DIR / "search" / f"{search}.yaml").is_file():
         options = sorted(p.stem for p in (CONFIG_DIR / "search").glob("*.yaml"))
-        raise SearchError(f"--search {search!r} is neither a .yaml file nor in adastft/configs/search/ (have: {', '.join(options)})")
+        raise SearchError(
+            f"--search {search!r} is neither a .yaml file nor in adastft/configs/search/ (have: {', '.join(options)})"
+        )
     extra = [f"+scheduler={scheduler}"] + ([] if search_file else [f"+search={search}"])
     moved = [o for o in overrides if o.startswith(("search.", "scheduler."))]
     rest = [o for o in overrides if o not in moved]
@@ -47,8 +49,10 @@ def compose(overrides: list[str], search: str, scheduler: str) -> tuple[Config, 
         except yaml.YAMLError as exc:  # name the line, as the training configs' errors do
             mark = getattr(exc, "problem_mark", None)
             where = f", line {mark.line + 1}" if mark is not None else ""
-            raise SearchError(f"--search {search!r}{where} is not valid YAML: "
-                              f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
+            raise SearchError(
+                f"--search {search!r}{where} is not valid YAML: "
+                f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}"
+            ) from None
         except Exception as exc:
             raise SearchError(f"--search {search!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(search_data, dict):
@@ -67,6 +71,7 @@ def absolutise(cfg: Config, cwd: Path) -> Config:
     """Relative paths in the config made absolute: trials run in other working directories.
 
     Paths only, in a config already validated: it is not validated again."""
+
     def absolute(path: str) -> str:
         return str((cwd / Path(path).expanduser()).resolve())
 
@@ -74,8 +79,9 @@ def absolutise(cfg: Config, cwd: Path) -> Config:
     if cfg.data.root:
         changes["data.root"] = absolute(cfg.data.root)
     if cfg.data.split_files:  # list files (not lists of names)
-        changes["data.split_files"] = {split: absolute(v) if isinstance(v, str) else v
-                                       for split, v in cfg.data.split_files.items()}
+        changes["data.split_files"] = {
+            split: absolute(v) if isinstance(v, str) else v for split, v in cfg.data.split_files.items()
+        }
     if cfg.model.pretrained_path:
         changes["model.pretrained_path"] = str((cwd / cfg.model.pretrained_path).resolve())
     if cfg.tracking.enabled:
@@ -91,9 +97,14 @@ def check_metric(spec: SearchSpec) -> None:
     from adastft.training import EPOCH_METRICS
 
     if spec.metric not in EPOCH_METRICS:
-        raise SearchError(f"search.metric {spec.metric!r} is not a metric trials report every epoch: "
-                          f"use one of {', '.join(EPOCH_METRICS)}")
+        raise SearchError(
+            f"search.metric {spec.metric!r} is not a metric trials report every epoch: "
+            f"use one of {', '.join(EPOCH_METRICS)}"
+        )
     wrong = "max" if spec.metric.endswith("loss") else "min" if spec.metric.endswith("accuracy") else None
     if spec.mode == wrong:
-        print(f"search: warning: search.mode {wrong} on {spec.metric} favours the worst trials; "
-              f"did you mean mode: {'min' if wrong == 'max' else 'max'}?", file=sys.stderr)
+        print(
+            f"search: warning: search.mode {wrong} on {spec.metric} favours the worst trials; "
+            f"did you mean mode: {'min' if wrong == 'max' else 'max'}?",
+            file=sys.stderr,
+        )

@@ -17,8 +17,17 @@ from adastft.config import Config, ConfigError
 DISTRIBUTIONS = ("categorical", "uniform", "loguniform", "int")
 # Keys whose valid values depend on each other (a mel filter is empty or not for a given n_fft and
 # sample rate; a crop must hold a frame): a space is checked over every combination of their corners.
-SHAPE_KEYS = ("stft.n_fft", "stft.win_length", "stft.hop_length", "stft.n_mels", "stft.f_min", "stft.f_max",
-              "data.sample_rate", "data.clip_seconds", "data.parts")
+SHAPE_KEYS = (
+    "stft.n_fft",
+    "stft.win_length",
+    "stft.hop_length",
+    "stft.n_mels",
+    "stft.f_min",
+    "stft.f_max",
+    "data.sample_rate",
+    "data.clip_seconds",
+    "data.parts",
+)
 SCHEDULERS = ("asha", "median", "none")
 
 
@@ -67,12 +76,18 @@ class SearchSpec:
         shape = [key for key in self.space if key in SHAPE_KEYS]
         for values in itertools.product(*(_corners(self.space[key]) for key in shape)):
             point = dict(zip(shape, values))
-            _check_point(base, point, "search.space." + (shape[0] if len(shape) == 1 else
-                                                         "{" + ", ".join(f"{k}={v!r}" for k, v in point.items()) + "}"))
+            _check_point(
+                base,
+                point,
+                "search.space."
+                + (shape[0] if len(shape) == 1 else "{" + ", ".join(f"{k}={v!r}" for k, v in point.items()) + "}"),
+            )
         for i, point in enumerate(self.points_to_evaluate):
             unknown = set(point) - set(self.space)
             if unknown:
-                raise ConfigError(f"search.points_to_evaluate[{i}] has keys outside the space: {', '.join(sorted(unknown))}")
+                raise ConfigError(
+                    f"search.points_to_evaluate[{i}] has keys outside the space: {', '.join(sorted(unknown))}"
+                )
             _check_point(base, point, f"search.points_to_evaluate[{i}]")
 
     def define_by_run(self) -> "Sampler":

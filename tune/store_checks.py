@@ -32,8 +32,10 @@ def check_study_name(name: str) -> None:
     import re
 
     if not re.fullmatch(STUDY_NAME, name) or name in (".", ".."):
-        raise SearchError(f"--name {name!r} must be one path segment of letters, digits, '-', '_' and '.' "
-                          "(it names the study's folder under --storage), e.g. --name gtzan-asha.1")
+        raise SearchError(
+            f"--name {name!r} must be one path segment of letters, digits, '-', '_' and '.' "
+            "(it names the study's folder under --storage), e.g. --name gtzan-asha.1"
+        )
 
 
 def check_storage(storage: str) -> None:
@@ -46,8 +48,10 @@ def check_storage(storage: str) -> None:
     if not existing.is_dir():
         raise SearchError(f"--storage {storage}: {existing} is a file, not a folder: give a folder for the results")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SearchError(f"--storage {storage}: folder {existing} is not writable by this user: "
-                          "fix its permissions or give another --storage")
+        raise SearchError(
+            f"--storage {storage}: folder {existing} is not writable by this user: "
+            "fix its permissions or give another --storage"
+        )
 
 
 def check_optuna_storage(url: str, study: str | None) -> None:
@@ -67,15 +71,21 @@ def check_optuna_storage(url: str, study: str | None) -> None:
     except NoSuchModuleError:  # (an ArgumentError too)
         raise SearchError(f"--optuna-storage {shown}: SQLAlchemy knows no database {parsed.drivername!r}") from None
     except ArgumentError:
-        raise SearchError(f"--optuna-storage {shown!r} is not a database URL: use e.g. sqlite:////abs/path/optuna.db "
-                          "or postgresql://user@host/db") from None
+        raise SearchError(
+            f"--optuna-storage {shown!r} is not a database URL: use e.g. sqlite:////abs/path/optuna.db "
+            "or postgresql://user@host/db"
+        ) from None
     except ImportError as exc:
-        raise SearchError(f"--optuna-storage {shown}: its driver {exc.name or parsed.drivername!r} is not installed: "
-                          f"pip install {exc.name or parsed.drivername}") from None
+        raise SearchError(
+            f"--optuna-storage {shown}: its driver {exc.name or parsed.drivername!r} is not installed: "
+            f"pip install {exc.name or parsed.drivername}"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise SearchError(f"--optuna-storage {shown}: an in-memory SQLite database loses the study: "
-                              "give a file, sqlite:////abs/path/optuna.db")
+            raise SearchError(
+                f"--optuna-storage {shown}: an in-memory SQLite database loses the study: "
+                "give a file, sqlite:////abs/path/optuna.db"
+            )
         path = Path(parsed.database).expanduser()
         if not path.parent.is_dir():
             raise SearchError(f"--optuna-storage {shown}: folder {path.parent} does not exist: create it first")
@@ -83,8 +93,10 @@ def check_optuna_storage(url: str, study: str | None) -> None:
         if damage:
             raise SearchError(f"Optuna database {path} is damaged ({damage}): {damaged_store_fix(path)}")
         if study is not None and path.exists() and not _has_study(path, study):
-            raise SearchError(f"Optuna database {path} holds no study {study!r} (emptied or replaced): "
-                              f"{damaged_store_fix(path)}, or start a new study with another --name")
+            raise SearchError(
+                f"Optuna database {path} holds no study {study!r} (emptied or replaced): "
+                f"{damaged_store_fix(path)}, or start a new study with another --name"
+            )
         return
     _check_connects(url, shown)
 
@@ -120,7 +132,9 @@ def _check_connects(url: str, shown: str, timeout_s: float = 10.0) -> None:
     worker.start()
     worker.join(timeout_s)
     if not outcome:
-        raise SearchError(f"--optuna-storage {shown}: no answer within {timeout_s:g} s: start the database or fix the URL")
+        raise SearchError(
+            f"--optuna-storage {shown}: no answer within {timeout_s:g} s: start the database or fix the URL"
+        )
     if outcome[0] is not None:
         reason = redact_text(str(outcome[0]).strip().splitlines()[0])
         raise SearchError(f"--optuna-storage {shown}: cannot connect ({reason})")

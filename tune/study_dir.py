@@ -52,9 +52,13 @@ def storage_filesystem(storage: str, attempts: int = 0) -> tuple[str, pafs.FileS
 
     found, path = pafs.FileSystem.from_uri(storage)  # resolves the bucket's region
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    fs = pafs.S3FileSystem(region=found.region, endpoint_override=endpoint, connect_timeout=5.0 if attempts else 10.0,
-                           request_timeout=10.0 if attempts else S3_REQUEST_TIMEOUT_S,
-                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts or S3_ATTEMPTS))
+    fs = pafs.S3FileSystem(
+        region=found.region,
+        endpoint_override=endpoint,
+        connect_timeout=5.0 if attempts else 10.0,
+        request_timeout=10.0 if attempts else S3_REQUEST_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts or S3_ATTEMPTS),
+    )
     return path, fs
 
 
@@ -119,8 +123,9 @@ class StudyDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.remote or self._fs.get_file_info(self._remote).type == pafs.FileType.NotFound:
             return
-        pafs.copy_files(self._remote, str(self.path), source_filesystem=self._fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self._remote, str(self.path), source_filesystem=self._fs, destination_filesystem=pafs.LocalFileSystem()
+        )
 
     def push(self) -> None:
         """Upload the study's files (object storage only). Never raises: a failed upload is
@@ -141,10 +146,13 @@ class StudyDir:
                     elif item.is_dir():
                         shutil.copytree(item, staged / item.name)
                 self._fs.create_dir(self._remote)
-                pafs.copy_files(str(staged), self._remote, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self._fs)
+                pafs.copy_files(
+                    str(staged), self._remote, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self._fs
+                )
         except Exception as exc:  # noqa: BLE001 - storage may be away for a while; the next push retries
-            log.warning("could not upload the study's files to %s/%s/%s: %s", self.storage, self.name, REMOTE_FOLDER, exc)
+            log.warning(
+                "could not upload the study's files to %s/%s/%s: %s", self.storage, self.name, REMOTE_FOLDER, exc
+            )
 
 
 def _sqlite_snapshot(src: Path, dst: Path) -> None:

@@ -95,8 +95,10 @@ def _log_frontends(tracker: Tracker, checkpoint: Path) -> None:
     model = build_model(cfg, len(state["classes"]))
     model.load_state_dict(state["model"])
     log_frontends(tracker, model, "last", cfg.tracking.tensor_formats)
-    tracker.log_figure(plots.plot_confusion(state["val_confusion"].numpy(), state["classes"], "validation (last epoch)"),
-                       "plots/confusion_val_last.png")
+    tracker.log_figure(
+        plots.plot_confusion(state["val_confusion"].numpy(), state["classes"], "validation (last epoch)"),
+        "plots/confusion_val_last.png",
+    )
     tracker.log_figure(plots.plot_curves(state["history"]), "plots/learning_curves.png")
 
 
@@ -112,14 +114,26 @@ def trial_table(results, study: optuna.Study, settings: StudySettings, extra: tu
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        row = {"trial_id": trial_id, "path": result.path,
-               "checkpoint": result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path"),
-               "error": error_reason(str(result.error)) if result.error else None,
-               "epochs": metrics.get("training_iteration"),
-               "node": metrics.get("node_ip")}  # where the trial's last epoch ran (Tune fills it in)
+        row = {
+            "trial_id": trial_id,
+            "path": result.path,
+            "checkpoint": result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path"),
+            "error": error_reason(str(result.error)) if result.error else None,
+            "epochs": metrics.get("training_iteration"),
+            "node": metrics.get("node_ip"),
+        }  # where the trial's last epoch ran (Tune fills it in)
         row.update({f"param.{k}": v for k, v in (result.config or {}).items()})
-        for key in ("val_clip_accuracy", "best_val_clip_accuracy", "val_segment_accuracy", "val_loss",
-                    "train_loss", "test_clip_accuracy", "window_change", "kernel_change", *extra):
+        for key in (
+            "val_clip_accuracy",
+            "best_val_clip_accuracy",
+            "val_segment_accuracy",
+            "val_loss",
+            "train_loss",
+            "test_clip_accuracy",
+            "window_change",
+            "kernel_change",
+            *extra,
+        ):
             row[key] = metrics.get(key)
         row.update({key: metrics.get(key) for key in TOTALS})  # where the trial's time went (s)
         frozen = by_tune_id.get(trial_id)
@@ -155,10 +169,12 @@ def optuna_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     from optuna.visualization import matplotlib as ovm
 
     made = []
-    for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                     ("param_importances", ovm.plot_param_importances),
-                     ("parallel_coordinate", ovm.plot_parallel_coordinate),
-                     ("intermediate_values", ovm.plot_intermediate_values)):
+    for name, fn in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+        ("parallel_coordinate", ovm.plot_parallel_coordinate),
+        ("intermediate_values", ovm.plot_intermediate_values),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -41,8 +41,9 @@ class Watchdog:
     retries it from its last checkpoint or records it as failed.
     """
 
-    def __init__(self, timeout_s: float, label: str, note_dir: Path | None, beat_file: Path | None = None,
-                 watch: bool = True) -> None:
+    def __init__(
+        self, timeout_s: float, label: str, note_dir: Path | None, beat_file: Path | None = None, watch: bool = True
+    ) -> None:
         self.timeout_s = timeout_s
         self.label = label
         self.note_dir = note_dir
@@ -75,8 +76,10 @@ class Watchdog:
         while not self._stop.wait(min(5.0, self.timeout_s / 4)):
             idle = self._idle()
             if idle > self.timeout_s:
-                message = (f"{self.label}: no training progress for {idle:.0f} s (limit {self.timeout_s:.0f} s; "
-                           "a stuck collective or worker start?): stopping it")
+                message = (
+                    f"{self.label}: no training progress for {idle:.0f} s (limit {self.timeout_s:.0f} s; "
+                    "a stuck collective or worker start?): stopping it"
+                )
                 print(message, file=sys.stderr, flush=True)
                 if self.note_dir is not None:
                     self.note_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +100,10 @@ class TuneReporter:
         self.watchdog.beat()
         metrics = self.objective.add(metrics) if self.objective is not None else metrics
         with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
-            ray_tune.report(_with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
-                            checkpoint=ray_tune.Checkpoint.from_directory(tmp))
+            ray_tune.report(
+                _with_checkpoint_metrics(metrics, checkpoints.stage(checkpoint_dir, Path(tmp), metrics)),
+                checkpoint=ray_tune.Checkpoint.from_directory(tmp),
+            )
         self.watchdog.beat()
 
     def heartbeat(self) -> None:
@@ -107,21 +112,26 @@ class TuneReporter:
 
 def _with_checkpoint_metrics(metrics: Mapping[str, float], staged_bytes: int) -> dict[str, float]:
     """The epoch's metrics plus how Tune ranks its checkpoint and the bytes handed to storage."""
-    return {**metrics, checkpoints.SCORE: checkpoints.checkpoint_score(metrics), "checkpoint_bytes": float(staged_bytes)}
+    return {
+        **metrics,
+        checkpoints.SCORE: checkpoints.checkpoint_score(metrics),
+        "checkpoint_bytes": float(staged_bytes),
+    }
 
 
-def trial_config(params: Mapping[str, Any], base: Config, study: StudySettings, trial_id: str,
-                 out_dir: Path) -> Config:
+def trial_config(params: Mapping[str, Any], base: Config, study: StudySettings, trial_id: str, out_dir: Path) -> Config:
     """The trial's resolved config: base + sampled values (validated, once) + where to write and
     log (set as they are: plain values the driver made)."""
     cfg = base.merged(params)
-    return cfg.replaced({
-        **_writing_to(out_dir),
-        "tracking.parent_run_id": study.parent_run_id,
-        "tracking.run_name": f"{study.name}-{trial_id}",
-        "tracking.run_id": find_trial_run(study, trial_id) if cfg.tracking.enabled else None,
-        "tracking.tags": {**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study.name},
-    })
+    return cfg.replaced(
+        {
+            **_writing_to(out_dir),
+            "tracking.parent_run_id": study.parent_run_id,
+            "tracking.run_name": f"{study.name}-{trial_id}",
+            "tracking.run_id": find_trial_run(study, trial_id) if cfg.tracking.enabled else None,
+            "tracking.tags": {**cfg.tracking.tags, TRIAL_TAG: trial_id, "study": study.name},
+        }
+    )
 
 
 def _writing_to(out_dir: Path) -> dict[str, Any]:
@@ -242,8 +252,9 @@ class TrainReporter:
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="adastft-ckpt-") as tmp:
                 staged = checkpoints.stage(checkpoint_dir, Path(tmp), metrics)
-                ray_train.report(_with_checkpoint_metrics(metrics, staged),
-                                 checkpoint=ray_train.Checkpoint.from_directory(tmp))
+                ray_train.report(
+                    _with_checkpoint_metrics(metrics, staged), checkpoint=ray_train.Checkpoint.from_directory(tmp)
+                )
         else:
             ray_train.report(_with_checkpoint_metrics(metrics, 0))
         self.watchdog.beat()
@@ -288,8 +299,9 @@ def run_ddp_trial(params: dict, base: Config, study: StudySettings) -> None:
     trainer = TorchTrainer(
         _ddp_worker,
         train_loop_config={"cfg": cfg, "study": study, "trial_id": trial_id},
-        scaling_config=ray_train.ScalingConfig(num_workers=study.workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray_train.ScalingConfig(
+            num_workers=study.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray_train.RunConfig(
             name=f"ddp-{trial_id}",  # the same name on a retry: Ray Train restores its own checkpoint
             storage_path=f"{storage_path}/{study.name}",  # inside the study's folder
@@ -297,8 +309,9 @@ def run_ddp_trial(params: dict, base: Config, study: StudySettings) -> None:
             callbacks=[TuneReportCallback()],
             failure_config=ray_train.FailureConfig(max_failures=study.max_failures),
             # as for one-process trials: the best epoch's checkpoint and the latest
-            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=checkpoints.SCORE,
-                                                         checkpoint_score_order="max"),
+            checkpoint_config=ray_train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=checkpoints.SCORE, checkpoint_score_order="max"
+            ),
         ),
     )
     notes = Path(study.notes_dir)

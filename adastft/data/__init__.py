@@ -13,7 +13,15 @@ Imports torch, torchaudio, numpy, pyarrow and soundfile only.
 from adastft.data.augment import Augment, Mixup, SpecAugment, spec_augment
 from adastft.data.cache import CacheError
 from adastft.data.decode import BadAudioWarning
-from adastft.data.loader import EvalParts, TrainCrops, check_batching, check_parts, eval_loader, spaced_parts, train_loader
+from adastft.data.loader import (
+    EvalParts,
+    TrainCrops,
+    check_batching,
+    check_parts,
+    eval_loader,
+    spaced_parts,
+    train_loader,
+)
 from adastft.data.sources import DataError
 from adastft.data.spec import DataSpec, prepare
 from adastft.data.store import ClipStore
@@ -21,7 +29,24 @@ from adastft.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from adastft.data.vote import vote, vote_accuracy
 
 __all__ = [
-    "Augment", "BadAudioWarning", "CacheError", "ClipStore", "DataError", "DataSpec", "EvalParts", "Mixup",
-    "SYNTHETIC_CLASSES", "SpecAugment", "TrainCrops", "check_batching", "check_parts", "eval_loader", "prepare", "spaced_parts",
-    "spec_augment", "train_loader", "vote", "vote_accuracy",
+    "Augment",
+    "BadAudioWarning",
+    "CacheError",
+    "ClipStore",
+    "DataError",
+    "DataSpec",
+    "EvalParts",
+    "Mixup",
+    "SYNTHETIC_CLASSES",
+    "SpecAugment",
+    "TrainCrops",
+    "check_batching",
+    "check_parts",
+    "eval_loader",
+    "prepare",
+    "spaced_parts",
+    "spec_augment",
+    "train_loader",
+    "vote",
+    "vote_accuracy",
 ]

@@ -17,8 +17,12 @@ from torch import nn
 def _check_range(name: str, value: tuple[float, float] | None) -> tuple[float, float] | None:
     if value is None:
         return None
-    ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value) and value[0] <= value[1])
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+        and value[0] <= value[1]
+    )
     if not ok:
         raise ValueError(f"{name} must be None or (low, high) with low <= high, got {value!r}")
     return float(value[0]), float(value[1])
@@ -94,8 +98,10 @@ class Augment(nn.Module):
         return torch.rand(batch, 1, device=x.device) < self.p  # (B, 1)
 
     def extra_repr(self) -> str:
-        return (f"noise_snr_db={self.noise_snr_db}, gain_db={self.gain_db}, max_delay_s={self.max_delay_s}, "
-                f"sample_rate={self.sample_rate}, p={self.p}")
+        return (
+            f"noise_snr_db={self.noise_snr_db}, gain_db={self.gain_db}, max_delay_s={self.max_delay_s}, "
+            f"sample_rate={self.sample_rate}, p={self.p}"
+        )
 
 
 class Mixup(nn.Module):
@@ -136,8 +142,9 @@ class Mixup(nn.Module):
         self.alpha = float(alpha)
         self.p = float(p)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, num_classes: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(mixed x, soft targets, lam (batch,), perm (batch,))``; ``x`` may be ``(batch, ...)``."""
         if not torch.is_tensor(x) or x.dim() < 1 or not torch.is_floating_point(x):
             raise ValueError(f"Mixup needs a float (batch, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -176,10 +183,15 @@ def spec_augment(
     drawn per channel), so a spectrogram repeated to three channels stays consistent.
     """
     if not torch.is_tensor(spec) or spec.dim() not in (3, 4):
-        raise ValueError(f"spec must be (batch, freq, frames) or (batch, channels, freq, frames), got {getattr(spec, 'shape', spec)}")
+        raise ValueError(
+            f"spec must be (batch, freq, frames) or (batch, channels, freq, frames), got {getattr(spec, 'shape', spec)}"
+        )
     batch, n_freq, n_frames = spec.shape[0], spec.shape[-2], spec.shape[-1]
     keep = torch.ones(batch, n_freq, n_frames, dtype=torch.bool, device=spec.device)  # (B, F, T)
-    for axis, size, param, count in ((1, n_freq, freq_mask_param, n_freq_masks), (2, n_frames, time_mask_param, n_time_masks)):
+    for axis, size, param, count in (
+        (1, n_freq, freq_mask_param, n_freq_masks),
+        (2, n_frames, time_mask_param, n_time_masks),
+    ):
         param = min(param, size)
         for _ in range(count):
             width = torch.randint(0, param + 1, (batch, 1), device=spec.device)
@@ -198,11 +210,21 @@ class SpecAugment(nn.Module):
     Example: ``SpecAugment(freq_mask_param=16, time_mask_param=20)(model.frontend(x))``.
     """
 
-    def __init__(self, freq_mask_param: int = 0, time_mask_param: int = 0, n_freq_masks: int = 1,
-                 n_time_masks: int = 1, mask_value: float = 0.0) -> None:
+    def __init__(
+        self,
+        freq_mask_param: int = 0,
+        time_mask_param: int = 0,
+        n_freq_masks: int = 1,
+        n_time_masks: int = 1,
+        mask_value: float = 0.0,
+    ) -> None:
         super().__init__()
-        for name, value in (("freq_mask_param", freq_mask_param), ("time_mask_param", time_mask_param),
-                            ("n_freq_masks", n_freq_masks), ("n_time_masks", n_time_masks)):
+        for name, value in (
+            ("freq_mask_param", freq_mask_param),
+            ("time_mask_param", time_mask_param),
+            ("n_freq_masks", n_freq_masks),
+            ("n_time_masks", n_time_masks),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.freq_mask_param = freq_mask_param
@@ -214,9 +236,12 @@ class SpecAugment(nn.Module):
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         if not self.training or (self.freq_mask_param == 0 and self.time_mask_param == 0):
             return spec
-        return spec_augment(spec, self.freq_mask_param, self.time_mask_param, self.n_freq_masks,
-                            self.n_time_masks, self.mask_value)
+        return spec_augment(
+            spec, self.freq_mask_param, self.time_mask_param, self.n_freq_masks, self.n_time_masks, self.mask_value
+        )
 
     def extra_repr(self) -> str:
-        return (f"freq_mask_param={self.freq_mask_param}, time_mask_param={self.time_mask_param}, "
-                f"n_freq_masks={self.n_freq_masks}, n_time_masks={self.n_time_masks}")
+        return (
+            f"freq_mask_param={self.freq_mask_param}, time_mask_param={self.time_mask_param}, "
+            f"n_freq_masks={self.n_freq_masks}, n_time_masks={self.n_time_masks}"
+        )

@@ -162,7 +162,11 @@ def read_key(path: str | os.PathLike, warn: bool = False) -> str | None:
         return None
     except (OSError, pa.ArrowException, KeyError, ValueError, UnicodeDecodeError) as err:
         if warn:
-            log.warning("cache %s is damaged (%s); rebuilding it", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            log.warning(
+                "cache %s is damaged (%s); rebuilding it",
+                path,
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
         return None
 
 
@@ -197,7 +201,9 @@ def ensure_cache(path: str | os.PathLike, key: str, build: Callable[[str], None]
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
                 if read_key(tmp) != key:
-                    raise CacheError(f"the cache just built at {tmp} does not read back; check free disk space in {path.parent}")
+                    raise CacheError(
+                        f"the cache just built at {tmp} does not read back; check free disk space in {path.parent}"
+                    )
                 os.replace(tmp, path)
                 dir_fd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -210,8 +216,10 @@ def ensure_cache(path: str | os.PathLike, key: str, build: Callable[[str], None]
                 # whatever was at `path` before is untouched: the build wrote only to `tmp`
                 reason = os.strerror(err.errno)
                 kept = "the previous cache file is unchanged" if path.exists() else "no cache file was written"
-                raise CacheError(f"cannot write the cache {path} ({reason}); {kept}: free space in {path.parent} "
-                                 "or set data.cache_dir") from err
+                raise CacheError(
+                    f"cannot write the cache {path} ({reason}); {kept}: free space in {path.parent} "
+                    "or set data.cache_dir"
+                ) from err
             finally:
                 if tmp.exists():
                     tmp.unlink()

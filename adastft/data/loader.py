@@ -20,11 +20,16 @@ from adastft.data.store import ClipStore
 def check_parts(parts: int, crops_per_clip: int = 1, eval_parts: int | None = None) -> None:
     """The datasets' own arguments, checked without a store (what a config check needs)."""
     need(_positive_int(parts), f"parts must be a positive integer, got {parts!r}")
-    need(_positive_int(crops_per_clip), "crops_per_clip must be an integer >= 1 (random crops of each clip per "
-                                        f"epoch; 1 is the original's recipe), got {crops_per_clip!r}")
-    need(eval_parts is None or _positive_int(eval_parts),
-         "eval_parts must be None (vote over every part) or an integer >= 1 (that many evenly spaced parts), "
-         f"got {eval_parts!r}")
+    need(
+        _positive_int(crops_per_clip),
+        "crops_per_clip must be an integer >= 1 (random crops of each clip per "
+        f"epoch; 1 is the original's recipe), got {crops_per_clip!r}",
+    )
+    need(
+        eval_parts is None or _positive_int(eval_parts),
+        "eval_parts must be None (vote over every part) or an integer >= 1 (that many evenly spaced parts), "
+        f"got {eval_parts!r}",
+    )
 
 
 def _positive_int(value) -> bool:
@@ -37,7 +42,9 @@ def _check(store: ClipStore, split: str, parts: int) -> tuple[np.ndarray, int]:
     check_parts(parts)
     crop = store.clip_samples // parts
     if crop < 1:
-        raise ValueError(f"parts={parts} leaves no samples per part of a {store.clip_samples}-sample clip; use fewer parts")
+        raise ValueError(
+            f"parts={parts} leaves no samples per part of a {store.clip_samples}-sample clip; use fewer parts"
+        )
     indices = store.indices(split)
     if len(indices) == 0:
         raise ValueError(f"split {split!r} of {store.path} is empty; check the split fractions or lists")
@@ -70,8 +77,9 @@ class TrainCrops(Dataset):
         crop, label = ds[0]  # (clip_samples // 12,), int
     """
 
-    def __init__(self, store: ClipStore, split: str = "train", parts: int = 12, seed: int = 0,
-                 crops_per_clip: int = 1) -> None:
+    def __init__(
+        self, store: ClipStore, split: str = "train", parts: int = 12, seed: int = 0, crops_per_clip: int = 1
+    ) -> None:
         self.store = store
         self.split = split
         self.parts = parts
@@ -104,7 +112,7 @@ class TrainCrops(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
         i = int(self.indices[k // self.crops_per_clip])
         start = int(self._generator().integers(0, self.store.clip_samples - self.crop_samples + 1))
-        crop = np.array(self.store.audio(i)[start:start + self.crop_samples])  # copy out of the map
+        crop = np.array(self.store.audio(i)[start : start + self.crop_samples])  # copy out of the map
         return torch.from_numpy(crop), int(self.store.labels[i])
 
 
@@ -163,8 +171,13 @@ def train_loader(
     check_batching(batch_size, num_workers)
     dataset = TrainCrops(store, split=split, parts=parts, seed=seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last and len(dataset) >= batch_size,
-        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last and len(dataset) >= batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -179,5 +192,11 @@ def eval_loader(
     """
     check_batching(batch_size, num_workers)
     dataset = EvalParts(store, split=split, parts=parts)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=pin_memory)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )

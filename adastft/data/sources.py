@@ -19,7 +19,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".au", ".aiff", ".aif", ".mp3", ".snd")
 GTZAN_GENRES = (
-    "blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock",
+    "blues",
+    "classical",
+    "country",
+    "disco",
+    "hiphop",
+    "jazz",
+    "metal",
+    "pop",
+    "reggae",
+    "rock",
 )
 GTZAN_HELP = (
     "GTZAN is not downloaded for you: get it from Kaggle "
@@ -84,7 +93,9 @@ def list_gtzan(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str,
             path = by_stem[stem]
             rows.append((str(path.resolve()), f"{genre}/{path.name}", label))
     if not rows:
-        raise DataError(f"GTZAN root {str(genres_dir)!r} has genre folders but no <genre>.000NN.wav|au files; {GTZAN_HELP}")
+        raise DataError(
+            f"GTZAN root {str(genres_dir)!r} has genre folders but no <genre>.000NN.wav|au files; {GTZAN_HELP}"
+        )
     return list(GTZAN_GENRES), rows
 
 
@@ -106,8 +117,11 @@ def list_folder(
     per_class: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
-            p for p in class_dir.rglob("*")
-            if p.is_file() and p.suffix.lower() in exts and not any(part.startswith(".") for part in p.relative_to(base).parts)
+            p
+            for p in class_dir.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in exts
+            and not any(part.startswith(".") for part in p.relative_to(base).parts)
         )
         if files:
             per_class[class_dir.name] = files
@@ -119,7 +133,8 @@ def list_folder(
     classes = sorted(per_class)
     rows = [
         (str(p.resolve()), p.relative_to(base).as_posix(), label)
-        for label, c in enumerate(classes) for p in per_class[c]
+        for label, c in enumerate(classes)
+        for p in per_class[c]
     ]
     return classes, rows
 
@@ -136,9 +151,7 @@ def standard_gtzan_split() -> dict[str, str]:
     return {stem: split for split, stems in lists.items() for stem in stems}
 
 
-def stratified_split(
-    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
-) -> list[str]:
+def stratified_split(labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
     """A seeded split per class: ``round(n * fraction)`` of each class to val and to test.
 
     Example: 10 clips of a class with fractions 0.2/0.2 give 6/2/2. Deterministic in ``seed``.
@@ -152,8 +165,8 @@ def stratified_split(
         n_test = int(round(len(idx) * test_fraction))
         n_val = int(round(len(idx) * val_fraction))
         out[idx[:n_test]] = "test"
-        out[idx[n_test:n_test + n_val]] = "val"
-        out[idx[n_test + n_val:]] = "train"
+        out[idx[n_test : n_test + n_val]] = "val"
+        out[idx[n_test + n_val :]] = "train"
     return [str(s) for s in out]
 
 
@@ -169,13 +182,17 @@ def read_split_files(split_files: dict[str, str | Sequence[str]]) -> dict[str, s
         if isinstance(value, (str, os.PathLike)):
             path = Path(value)
             if not path.is_file():
-                raise DataError(f"split_files[{split!r}] = {str(path)!r} is not a file; give a list of names or a text file path")
+                raise DataError(
+                    f"split_files[{split!r}] = {str(path)!r} is not a file; give a list of names or a text file path"
+                )
             names = [ln.strip() for ln in path.read_text().splitlines()]
             names = [n for n in names if n and not n.startswith("#")]
         else:
             names = [str(n) for n in value]
         for name in names:
             if name in mapping and mapping[name] != split:
-                raise DataError(f"{name!r} is listed in split_files for both {mapping[name]!r} and {split!r}; list it once")
+                raise DataError(
+                    f"{name!r} is listed in split_files for both {mapping[name]!r} and {split!r}; list it once"
+                )
             mapping[name] = split
     return mapping

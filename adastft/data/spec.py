@@ -24,8 +24,14 @@ from adastft.data import synthetic
 from adastft.data.cache import FORMAT, Row, cache_key, ensure_cache, file_fingerprints, write_cache
 from adastft.data.decode import BadAudio, BadAudioWarning, decode_file
 from adastft.data.sources import (
-    AUDIO_EXTENSIONS, SPLITS, DataError, list_folder, list_gtzan, read_split_files,
-    standard_gtzan_split, stratified_split,
+    AUDIO_EXTENSIONS,
+    SPLITS,
+    DataError,
+    list_folder,
+    list_gtzan,
+    read_split_files,
+    standard_gtzan_split,
+    stratified_split,
 )
 from adastft.data.store import ClipStore
 
@@ -87,35 +93,56 @@ class DataSpec:
     def __post_init__(self) -> None:
         one_of("source", self.source, SOURCES)
         if self.source == "synthetic":
-            need(self.root is None, f"root is not used by source='synthetic', got {self.root!r}; drop it or pick source='gtzan'|'folder'")
+            need(
+                self.root is None,
+                f"root is not used by source='synthetic', got {self.root!r}; drop it or pick source='gtzan'|'folder'",
+            )
         else:
-            need(isinstance(self.root, (str, os.PathLike)) and str(self.root) != "",
-                 f"root is required for source={self.source!r}: the folder that holds the data")
-        need(isinstance(self.sample_rate, int) and not isinstance(self.sample_rate, bool) and self.sample_rate >= 1000,
-             f"sample_rate must be an integer >= 1000, got {self.sample_rate!r}")
+            need(
+                isinstance(self.root, (str, os.PathLike)) and str(self.root) != "",
+                f"root is required for source={self.source!r}: the folder that holds the data",
+            )
+        need(
+            isinstance(self.sample_rate, int) and not isinstance(self.sample_rate, bool) and self.sample_rate >= 1000,
+            f"sample_rate must be an integer >= 1000, got {self.sample_rate!r}",
+        )
         if self.clip_seconds is None:
             object.__setattr__(self, "clip_seconds", _DEFAULT_CLIP_SECONDS[self.source])
-        need(isinstance(self.clip_seconds, (int, float)) and self.clip_seconds > 0,
-             f"clip_seconds must be positive, got {self.clip_seconds!r}")
+        need(
+            isinstance(self.clip_seconds, (int, float)) and self.clip_seconds > 0,
+            f"clip_seconds must be positive, got {self.clip_seconds!r}",
+        )
         object.__setattr__(self, "clip_seconds", float(self.clip_seconds))
         one_of("split", self.split, ("standard", "random"))
         if self.split_files is not None:
-            need(isinstance(self.split_files, dict) and set(self.split_files) <= set(SPLITS) and "train" in self.split_files,
-                 f"split_files must be a dict with keys among {', '.join(SPLITS)} including 'train', got {self.split_files!r:.80}")
+            need(
+                isinstance(self.split_files, dict)
+                and set(self.split_files) <= set(SPLITS)
+                and "train" in self.split_files,
+                f"split_files must be a dict with keys among {', '.join(SPLITS)} including 'train', got {self.split_files!r:.80}",
+            )
             read_split_files(self.split_files)  # list files exist, no name in two splits: before any decoding
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and 0 <= value < 1, f"{name} must be in [0, 1), got {value!r}")
-        need(self.val_fraction + self.test_fraction < 1,
-             f"val_fraction + test_fraction must be below 1, got {self.val_fraction + self.test_fraction:g}")
+        need(
+            self.val_fraction + self.test_fraction < 1,
+            f"val_fraction + test_fraction must be below 1, got {self.val_fraction + self.test_fraction:g}",
+        )
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
         one_of("on_bad", self.on_bad, ("skip", "error"))
-        need(isinstance(self.min_clip_fraction, (int, float)) and 0 < self.min_clip_fraction <= 1,
-             f"min_clip_fraction must be in (0, 1], got {self.min_clip_fraction!r}")
-        need(isinstance(self.synthetic_clips_per_class, int) and self.synthetic_clips_per_class >= 1,
-             f"synthetic_clips_per_class must be a positive integer, got {self.synthetic_clips_per_class!r}")
-        need(len(self.extensions) > 0 and all(isinstance(e, str) and e.startswith(".") for e in self.extensions),
-             f"extensions must be a non-empty tuple like ('.wav', '.flac'), got {self.extensions!r}")
+        need(
+            isinstance(self.min_clip_fraction, (int, float)) and 0 < self.min_clip_fraction <= 1,
+            f"min_clip_fraction must be in (0, 1], got {self.min_clip_fraction!r}",
+        )
+        need(
+            isinstance(self.synthetic_clips_per_class, int) and self.synthetic_clips_per_class >= 1,
+            f"synthetic_clips_per_class must be a positive integer, got {self.synthetic_clips_per_class!r}",
+        )
+        need(
+            len(self.extensions) > 0 and all(isinstance(e, str) and e.startswith(".") for e in self.extensions),
+            f"extensions must be a non-empty tuple like ('.wav', '.flac'), got {self.extensions!r}",
+        )
         object.__setattr__(self, "extensions", tuple(e.lower() for e in self.extensions))
 
     @property
@@ -181,16 +208,29 @@ def prepare(spec: DataSpec) -> ClipStore:
                     padded.append((name, reason))
                 yield d.audio, label, name, d.orig_sample_rate, d.orig_channels, d.orig_samples
 
-    payload.update(format=FORMAT, source=spec.source, classes=classes, sample_rate=sr,
-                   clip_samples=clip_samples, min_clip_fraction=spec.min_clip_fraction)
+    payload.update(
+        format=FORMAT,
+        source=spec.source,
+        classes=classes,
+        sample_rate=sr,
+        clip_samples=clip_samples,
+        min_clip_fraction=spec.min_clip_fraction,
+    )
     key = cache_key(payload)
     path = Path(spec.cache_dir).expanduser() / f"{stem}-{sr}hz-{clip_samples}.arrow"
 
     def metadata(n_rows: int) -> dict[str, str]:
         return {
-            "format": FORMAT, "key": key, "rows": str(n_rows), "source": spec.source,
-            "classes": json.dumps(classes), "sample_rate": str(sr), "clip_samples": str(clip_samples),
-            "skipped": json.dumps(skipped), "padded": json.dumps(padded), "rms_db": json.dumps(rms_db),
+            "format": FORMAT,
+            "key": key,
+            "rows": str(n_rows),
+            "source": spec.source,
+            "classes": json.dumps(classes),
+            "sample_rate": str(sr),
+            "clip_samples": str(clip_samples),
+            "skipped": json.dumps(skipped),
+            "padded": json.dumps(padded),
+            "rms_db": json.dumps(rms_db),
         }
 
     def measured(rows: Iterator[Row]) -> Iterator[Row]:
@@ -203,8 +243,10 @@ def prepare(spec: DataSpec) -> ClipStore:
     def build(tmp: str) -> None:
         n_rows = write_cache(tmp, measured(rows()), clip_samples, metadata)
         if n_rows == 0:
-            raise DataError(f"no file under {spec.root!r} could be decoded ({len(skipped)} skipped: "
-                            f"{_listing(skipped, 5)}); check the files")
+            raise DataError(
+                f"no file under {spec.root!r} could be decoded ({len(skipped)} skipped: "
+                f"{_listing(skipped, 5)}); check the files"
+            )
         _check_silent(classes, labels, names, rms_db, spec.on_bad, warn=False)  # refused: no cache is kept
 
     built = ensure_cache(path, key, build)
@@ -230,11 +272,15 @@ def _report_bad(store: ClipStore, on_bad: str) -> None:
             "fix them (the cache is rebuilt when files change) or use on_bad='skip'"
         )
     if store.skipped:
-        warnings.warn(f"skipped {len(store.skipped)} unusable files: {_listing(store.skipped)}",
-                      BadAudioWarning, stacklevel=3)
+        warnings.warn(
+            f"skipped {len(store.skipped)} unusable files: {_listing(store.skipped)}", BadAudioWarning, stacklevel=3
+        )
     if store.padded:
-        warnings.warn(f"padded {len(store.padded)} short files with silence: {_listing(store.padded)}",
-                      BadAudioWarning, stacklevel=3)
+        warnings.warn(
+            f"padded {len(store.padded)} short files with silence: {_listing(store.padded)}",
+            BadAudioWarning,
+            stacklevel=3,
+        )
 
 
 def _assign(names: list[str], mapping: dict[str, str]) -> tuple[list[str], set[str]]:
@@ -249,17 +295,20 @@ def _assign(names: list[str], mapping: dict[str, str]) -> tuple[list[str], set[s
     return out, matched
 
 
-def _check_split_names(spec: DataSpec, mapping: dict[str, str], assigned: list[str], unmatched: list[str],
-                       names: list[str]) -> None:
+def _check_split_names(
+    spec: DataSpec, mapping: dict[str, str], assigned: list[str], unmatched: list[str], names: list[str]
+) -> None:
     """A split list of ``spec.split_files`` that matches no clip is an error naming its entries."""
     for split in SPLITS:
         if split in spec.split_files and split not in assigned:
             given = [k for k in mapping if mapping[k] == split]
             wrong = [k for k in given if k in unmatched]
             example = f", e.g. {names[0]!r}" if names else ""
-            raise DataError(f"no name in split_files[{split!r}] matches a clip under {spec.root} ({len(given)} given, "
-                            f"{len(given) - len(wrong)} of them skipped as unusable): {_names(wrong or given)}; names "
-                            f"are paths relative to the root, with or without extension, or bare stems{example}")
+            raise DataError(
+                f"no name in split_files[{split!r}] matches a clip under {spec.root} ({len(given)} given, "
+                f"{len(given) - len(wrong)} of them skipped as unusable): {_names(wrong or given)}; names "
+                f"are paths relative to the root, with or without extension, or bare stems{example}"
+            )
 
 
 def _names(names: list[str], limit: int = 5) -> str:
@@ -272,8 +321,9 @@ def level_dbfs(audio: np.ndarray) -> float:
     return 20.0 * math.log10(max(rms, 1e-10))
 
 
-def _check_silent(classes: list[str], labels: list[int] | np.ndarray, names: list[str], rms_db: list[float],
-                  on_bad: str, warn: bool) -> None:
+def _check_silent(
+    classes: list[str], labels: list[int] | np.ndarray, names: list[str], rms_db: list[float], on_bad: str, warn: bool
+) -> None:
     """Clips below :data:`SILENT_DBFS` teach nothing: an error where they are most of a class (it
     could only be learned from its silence) or with ``on_bad="error"``, else named in a warning."""
     silent = [i for i, db in enumerate(rms_db) if db < SILENT_DBFS]
@@ -286,13 +336,20 @@ def _check_silent(classes: list[str], labels: list[int] | np.ndarray, names: lis
         total = int((labels == label).sum())
         quiet = [entry for i, entry in zip(silent, listing) if labels[i] == label]
         if total and 2 * len(quiet) > total:
-            raise DataError(f"{len(quiet)} of {total} clips of class {name!r} are {what}: {_listing(quiet, 3)}; "
-                            "the class cannot be learned from them: fix or remove them")
+            raise DataError(
+                f"{len(quiet)} of {total} clips of class {name!r} are {what}: {_listing(quiet, 3)}; "
+                "the class cannot be learned from them: fix or remove them"
+            )
     if on_bad == "error":
-        raise DataError(f"{len(silent)} clips are {what}: {_listing(listing, 5)}; fix or remove them, or use on_bad='skip'")
+        raise DataError(
+            f"{len(silent)} clips are {what}: {_listing(listing, 5)}; fix or remove them, or use on_bad='skip'"
+        )
     if warn:
-        warnings.warn(f"{len(silent)} clips are {what} and teach nothing: {_listing(listing, 5)}; fix or remove them",
-                      BadAudioWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(silent)} clips are {what} and teach nothing: {_listing(listing, 5)}; fix or remove them",
+            BadAudioWarning,
+            stacklevel=3,
+        )
 
 
 def _splits(spec: DataSpec, store: ClipStore) -> list[str]:
@@ -309,10 +366,16 @@ def _splits(spec: DataSpec, store: ClipStore) -> list[str]:
         if "train" not in out:
             raise DataError(f"no clip of {store.path} is in GTZAN's standard train list; check data.root")
         if unmatched:
-            log.warning("%d clips of GTZAN's standard split are not in %s (skipped or absent)", len(unmatched), spec.root)
+            log.warning(
+                "%d clips of GTZAN's standard split are not in %s (skipped or absent)", len(unmatched), spec.root
+            )
         return out
     _check_split_names(spec, mapping, out, unmatched, store.names)
     if unmatched:
-        warnings.warn(f"{len(unmatched)} names in split_files match no clip under {spec.root}: "
-                      f"{_names(unmatched)}; check them against the files", BadAudioWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(unmatched)} names in split_files match no clip under {spec.root}: "
+            f"{_names(unmatched)}; check them against the files",
+            BadAudioWarning,
+            stacklevel=3,
+        )
     return out

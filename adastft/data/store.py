@@ -44,7 +44,9 @@ class ClipStore:
             if meta.get("format") != FORMAT:
                 raise CacheError(f"{self.path} is not an adastft clip cache (format {meta.get('format')!r}); delete it")
             if key is not None and meta.get("key") != key:
-                raise CacheError(f"{self.path} has key {meta.get('key', '')[:12]}, expected {key[:12]}; call prepare() to rebuild it")
+                raise CacheError(
+                    f"{self.path} has key {meta.get('key', '')[:12]}, expected {key[:12]}; call prepare() to rebuild it"
+                )
             self.clip_samples = int(meta["clip_samples"])
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         except (OSError, pa.ArrowException, KeyError) as e:
@@ -66,7 +68,9 @@ class ClipStore:
             names.extend(batch.column("name").to_pylist())
             rows.append(batch.num_rows)
         if sum(rows) != int(meta.get("rows", -1)):
-            raise CacheError(f"cache {self.path} holds {sum(rows)} rows, its metadata says {meta.get('rows')}; delete it")
+            raise CacheError(
+                f"cache {self.path} holds {sum(rows)} rows, its metadata says {meta.get('rows')}; delete it"
+            )
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self.names: list[str] = names
         self._batch = np.repeat(np.arange(len(rows)), rows)

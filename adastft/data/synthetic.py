@@ -34,15 +34,96 @@ class _Style:
 
 # Patterns are 16 steps of a 4/4 bar (12 for the waltz); "x" is a hit.
 STYLES = (
-    _Style("ambient", (60, 85), "x...............", "................", "........x.......", ("pad", "bell", "sine"), "major", 0.5),
-    _Style("ballad", (65, 90), "x.......x.......", "....x.......x...", "x.x.x.x.x.x.x.x.", ("pluck", "organ", "pad"), "major", 1.0),
-    _Style("bossa", (110, 140), "x..x....x..x....", "..x..x....x..x..", "x.x.x.x.x.x.x.x.", ("pluck", "sine", "bell"), "major", 1.5),
-    _Style("disco", (112, 130), "x...x...x...x...", "....x.......x...", "..x...x...x...x.", ("brass", "organ", "pluck"), "minor", 1.0),
-    _Style("drumnbass", (160, 180), "x.........x.....", "....x.......x...", "xxxxxxxxxxxxxxxx", ("sine", "pad", "brass"), "minor", 0.5),
-    _Style("funk", (92, 115), "x..x..x...x..x..", "....x..x.x..x...", "xxxxxxxxxxxxxxxx", ("brass", "pluck", "organ"), "dorian", 2.0),
-    _Style("march", (100, 122), "x.......x.......", "x.xxx.x.x.xxx.x.", "................", ("brass", "organ", "bell"), "major", 1.0),
-    _Style("reggae", (70, 92), "........x.......", "........x.......", "..x...x...x...x.", ("organ", "pluck", "sine"), "minor", 0.75),
-    _Style("rock", (108, 140), "x.....x.x.......", "....x.......x...", "x.x.x.x.x.x.x.x.", ("brass", "pluck", "organ"), "minor", 1.0),
+    _Style(
+        "ambient",
+        (60, 85),
+        "x...............",
+        "................",
+        "........x.......",
+        ("pad", "bell", "sine"),
+        "major",
+        0.5,
+    ),
+    _Style(
+        "ballad",
+        (65, 90),
+        "x.......x.......",
+        "....x.......x...",
+        "x.x.x.x.x.x.x.x.",
+        ("pluck", "organ", "pad"),
+        "major",
+        1.0,
+    ),
+    _Style(
+        "bossa",
+        (110, 140),
+        "x..x....x..x....",
+        "..x..x....x..x..",
+        "x.x.x.x.x.x.x.x.",
+        ("pluck", "sine", "bell"),
+        "major",
+        1.5,
+    ),
+    _Style(
+        "disco",
+        (112, 130),
+        "x...x...x...x...",
+        "....x.......x...",
+        "..x...x...x...x.",
+        ("brass", "organ", "pluck"),
+        "minor",
+        1.0,
+    ),
+    _Style(
+        "drumnbass",
+        (160, 180),
+        "x.........x.....",
+        "....x.......x...",
+        "xxxxxxxxxxxxxxxx",
+        ("sine", "pad", "brass"),
+        "minor",
+        0.5,
+    ),
+    _Style(
+        "funk",
+        (92, 115),
+        "x..x..x...x..x..",
+        "....x..x.x..x...",
+        "xxxxxxxxxxxxxxxx",
+        ("brass", "pluck", "organ"),
+        "dorian",
+        2.0,
+    ),
+    _Style(
+        "march",
+        (100, 122),
+        "x.......x.......",
+        "x.xxx.x.x.xxx.x.",
+        "................",
+        ("brass", "organ", "bell"),
+        "major",
+        1.0,
+    ),
+    _Style(
+        "reggae",
+        (70, 92),
+        "........x.......",
+        "........x.......",
+        "..x...x...x...x.",
+        ("organ", "pluck", "sine"),
+        "minor",
+        0.75,
+    ),
+    _Style(
+        "rock",
+        (108, 140),
+        "x.....x.x.......",
+        "....x.......x...",
+        "x.x.x.x.x.x.x.x.",
+        ("brass", "pluck", "organ"),
+        "minor",
+        1.0,
+    ),
     _Style("waltz", (84, 110), "x...........", "....x...x...", "..x...x...x.", ("organ", "pad", "sine"), "major", 1.0),
 )
 CLASSES = [s.name for s in STYLES]
@@ -122,7 +203,7 @@ def generate_clip(label: int, index: int, seed: int, sample_rate: int, clip_samp
             midi = 72 + key + _degree(scale, int(rng.integers(0, 8)))
             _add(out, onset(start + int(s)), 0.15 * _note(rng, _hz(midi), 2 * step, lead_timbre, sr))
 
-    out *= 0.1 / (np.sqrt(np.mean(out ** 2)) + 1e-12)
+    out *= 0.1 / (np.sqrt(np.mean(out**2)) + 1e-12)
     snr_db = rng.uniform(0.0, 20.0)
     out += rng.standard_normal(clip_samples) * 0.1 * 10 ** (-snr_db / 20)
     out *= 10 ** (rng.uniform(-6.0, 6.0) / 20)
@@ -133,7 +214,7 @@ def _add(out: np.ndarray, start: int, sound: np.ndarray) -> None:
     if start >= len(out):
         return
     n = min(len(sound), len(out) - start)
-    out[start:start + n] += sound[:n]
+    out[start : start + n] += sound[:n]
 
 
 def _hz(midi: float) -> float:

@@ -38,7 +38,9 @@ def vote(logits: torch.Tensor, method: str = "majority") -> torch.Tensor:
 def vote_accuracy(logits: torch.Tensor, labels: torch.Tensor, method: str = "majority") -> dict[str, float]:
     """``{"clip_accuracy", "segment_accuracy"}`` for ``(clips, parts, classes)`` logits, ``(clips,)`` labels."""
     if not torch.is_tensor(labels) or labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must be a tensor of shape ({logits.shape[0]},), got {getattr(labels, 'shape', labels)}")
+        raise ValueError(
+            f"labels must be a tensor of shape ({logits.shape[0]},), got {getattr(labels, 'shape', labels)}"
+        )
     labels = labels.to(logits.device)
     clip = (vote(logits, method) == labels).float().mean()
     segment = (logits.argmax(dim=-1) == labels[:, None]).float().mean()

@@ -56,7 +56,7 @@ def is_transient(err: Exception) -> bool:
 
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 class BatchQueue:
@@ -67,8 +67,14 @@ class BatchQueue:
     background thread. ``None`` for a local store: sent in the caller's thread.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, probe: Callable[[], str | None] | None,
-                 retry_interval: float, stall_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        probe: Callable[[], str | None] | None,
+        retry_interval: float,
+        stall_after: float = 5.0,
+    ) -> None:
         self._client = client
         self.run_id = run_id
         self._probe = probe
@@ -194,8 +200,13 @@ class BatchQueue:
                 if is_transient(err):
                     reason = short_error(err)
                 else:
-                    log.error("MLflow rejected %d %s for run %s, dropped: %s", len(entities), kind, self.run_id,
-                              redact_text(str(err)))
+                    log.error(
+                        "MLflow rejected %d %s for run %s, dropped: %s",
+                        len(entities),
+                        kind,
+                        self.run_id,
+                        redact_text(str(err)),
+                    )
             finally:
                 self._busy_since = None
             if reason is not None:
@@ -223,5 +234,11 @@ class BatchQueue:
             first, self._reported = not self._reported, True
             queued = len(self._batches)
         again = f", retrying in {self.retry_interval:g} s" if retrying else ""
-        log.log(logging.WARNING if first else logging.DEBUG, "MLflow unavailable (%s); %d batches queued for run %s%s",
-                reason, queued, self.run_id, again)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "MLflow unavailable (%s); %d batches queued for run %s%s",
+            reason,
+            queued,
+            self.run_id,
+            again,
+        )

@@ -62,7 +62,8 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of environment variables named like secrets, longest first (for substring redaction)."""
     environ = os.environ if environ is None else environ
     values = {
-        value for name, value in environ.items()
+        value
+        for name, value in environ.items()
         if _SECRET_ENV.search(name) and len(value) >= _MIN_SECRET_LENGTH and value.lower() not in _NOT_SECRETS
     }
     return sorted(values, key=len, reverse=True)

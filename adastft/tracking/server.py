@@ -68,8 +68,7 @@ def _credentials_file() -> tuple[str | None, str | None]:
 def request(method: str, uri: str, endpoint: str, timeout: float, **kwargs) -> requests.Response:
     """``<method> <uri><endpoint>``: one attempt within ``timeout`` seconds; raises :class:`Unreachable`."""
     try:
-        return requests.request(method, f"{uri.rstrip('/')}{endpoint}", timeout=timeout, **request_options(),
-                                **kwargs)
+        return requests.request(method, f"{uri.rstrip('/')}{endpoint}", timeout=timeout, **request_options(), **kwargs)
     except requests.Timeout:
         raise Unreachable(f"no answer within {timeout:g} s") from None
     except requests.RequestException as err:
@@ -111,6 +110,7 @@ def server_problem(uri: str, timeout: float) -> str | None:
     It must answer ``GET /health`` or, behind a proxy without it (an older server), the REST
     experiments search, and accept the credentials, each within ``timeout`` seconds.
     """
+
     def unreachable(reason: str) -> str:
         return f"MLflow tracking server {uri} is unreachable ({reason}): start it or set tracking.uri"
 
@@ -123,8 +123,10 @@ def server_problem(uri: str, timeout: float) -> str | None:
     except Unreachable as err:
         return unreachable(str(err))
     if answer.status_code in (401, 403):
-        return (f"MLflow tracking server {uri} refused the credentials (HTTP {answer.status_code}): set "
-                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
+        return (
+            f"MLflow tracking server {uri} refused the credentials (HTTP {answer.status_code}): set "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+        )
     if not answer.ok:
         return unreachable(f"HTTP {health.status_code} on /health and {answer.status_code} on the REST API")
     return None
@@ -137,8 +139,13 @@ def end_run(uri: str, run_id: str, status: str, end_time: int, timeout: float) -
     away, and it prints the run's address to stdout, the password of the URI's userinfo included.
     """
     try:
-        answer = request("POST", uri, "/api/2.0/mlflow/runs/update", timeout,
-                         json={"run_id": run_id, "status": status, "end_time": end_time})
+        answer = request(
+            "POST",
+            uri,
+            "/api/2.0/mlflow/runs/update",
+            timeout,
+            json={"run_id": run_id, "status": status, "end_time": end_time},
+        )
     except Unreachable as err:
         return str(err)
     if answer.ok:
@@ -148,4 +155,3 @@ def end_run(uri: str, run_id: str, status: str, end_time: int, timeout: float) -
     except ValueError:  # not MLflow's JSON error: a proxy's page
         message = ""
     return f"HTTP {answer.status_code}" + (f": {short_error(Exception(message))}" if message else "")
-

@@ -42,8 +42,13 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float, resume
         # tests/test_system_metrics.py, and costs the run its system metrics only (the warning below).
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
-                                       node_id=socket.gethostname(), tracking_uri=tracking_uri)
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=interval,
+            resume_logging=resume,
+            node_id=socket.gethostname(),
+            tracking_uri=tracking_uri,
+        )
         monitor.start()
         return monitor
     except Exception as err:  # noqa: BLE001 - nice to have: the run goes on without them

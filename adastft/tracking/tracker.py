@@ -106,19 +106,29 @@ class Tracker:
                 self._client.update_run(run_id, status="RUNNING")
             log.info("resumed MLflow run %s (was %s)", run_id, run.info.status)
         else:
-            self.experiment_id, self.run_id = self._create_run(experiment, run_name, tags, parent_run_id,
-                                                               artifact_root)
+            self.experiment_id, self.run_id = self._create_run(experiment, run_name, tags, parent_run_id, artifact_root)
         server = tracking_uri.rstrip("/") if uris.is_server(tracking_uri) else None
-        self._queue = BatchQueue(self._client, self.run_id, retry_interval=retry_interval,
-                                 probe=None if server is None else lambda: answers(server, self.request_timeout),
-                                 stall_after=self.request_timeout)
+        self._queue = BatchQueue(
+            self._client,
+            self.run_id,
+            retry_interval=retry_interval,
+            probe=None if server is None else lambda: answers(server, self.request_timeout),
+            stall_after=self.request_timeout,
+        )
         if tags and run_id is not None:
             self.set_tags(tags)
-        self._monitor = start_system_metrics(self.run_id, tracking_uri, system_metrics_interval,
-                                             resume=run_id is not None)
+        self._monitor = start_system_metrics(
+            self.run_id, tracking_uri, system_metrics_interval, resume=run_id is not None
+        )
 
-    def _create_run(self, experiment: str, run_name: str | None, tags: Mapping[str, str] | None,
-                    parent_run_id: str | None, artifact_root: str | None) -> tuple[str, str]:
+    def _create_run(
+        self,
+        experiment: str,
+        run_name: str | None,
+        tags: Mapping[str, str] | None,
+        parent_run_id: str | None,
+        artifact_root: str | None,
+    ) -> tuple[str, str]:
         """A new run: ``(experiment id, run id)``."""
         remembered = uris.is_remembered(self.tracking_uri, experiment)
         experiment_id = uris.ensure_experiment(self._client, self.tracking_uri, experiment, artifact_root)
@@ -135,16 +145,22 @@ class Tracker:
             uris.forget_experiment(self.tracking_uri, experiment)
             experiment_id = uris.ensure_experiment(self._client, self.tracking_uri, experiment, artifact_root)
             run = self._client.create_run(experiment_id, tags=run_tags, run_name=run_name)
-        log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
-                 experiment, redact_text(self.tracking_uri, self._secrets))
+        log.info(
+            "MLflow run %s (%s) in experiment %r at %s",
+            run.info.run_id,
+            run.info.run_name,
+            experiment,
+            redact_text(self.tracking_uri, self._secrets),
+        )
         return experiment_id, run.info.run_id
 
     # ---- params, metrics, tags: queued, never raising ---------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Flatten, redact, truncate to 6000 characters and log in batches of 100."""
-        entities = [Param(k, redact(k, str(v), self._secrets)[:MAX_PARAM_VAL_LENGTH])
-                    for k, v in flatten(params).items()]
+        entities = [
+            Param(k, redact(k, str(v), self._secrets)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(params).items()
+        ]
         self._put("params", entities, MAX_PARAMS_TAGS_PER_BATCH)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -212,8 +228,9 @@ class Tracker:
         finally:
             plt.close(fig)
 
-    def log_tensor(self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors",
-                   formats: Sequence[str] = ("pt", "npy")) -> None:
+    def log_tensor(
+        self, name: str, tensor: torch.Tensor, artifact_dir: str = "tensors", formats: Sequence[str] = ("pt", "npy")
+    ) -> None:
         """Write ``<artifact_dir>/<name>.pt`` (``torch.save``) and/or ``<name>.npy`` (bfloat16 as float32)."""
         tensor = tensor.detach().cpu()
         with tempfile.TemporaryDirectory() as tmp:
@@ -259,16 +276,25 @@ class Tracker:
         try:
             self._client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=step)])
             with tempfile.TemporaryDirectory() as tmp:
-                meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                             run_id=self.run_id, model_id=logged.model_id)
+                meta = Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=logged.model_id,
+                    run_id=self.run_id,
+                    model_id=logged.model_id,
+                )
                 mlflow.pytorch.save_model(
-                    model, Path(tmp) / "model", mlflow_model=meta, serialization_format="pickle",
-                    pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+                    model,
+                    Path(tmp) / "model",
+                    mlflow_model=meta,
+                    serialization_format="pickle",
+                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                )
                 self._client.log_model_artifacts(logged.model_id, str(Path(tmp) / "model"))
             self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         except Exception as err:  # noqa: BLE001
-            log.error("could not log model %s to MLflow run %s: %s", name, self.run_id, redact_text(str(err)),
-                      exc_info=True)
+            log.error(
+                "could not log model %s to MLflow run %s: %s", name, self.run_id, redact_text(str(err)), exc_info=True
+            )
             try:
                 self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
             except Exception:  # noqa: BLE001
@@ -296,8 +322,13 @@ class Tracker:
         problem = self._queue.close(self.flush_timeout)
         lost = self._queue.pending()
         if any(lost.values()):
-            log.warning("MLflow run %s ended with %d metric values, %d params and %d tags unsent: they are lost",
-                        self.run_id, lost["metrics"], lost["params"], lost["tags"])
+            log.warning(
+                "MLflow run %s ended with %d metric values, %d params and %d tags unsent: they are lost",
+                self.run_id,
+                lost["metrics"],
+                lost["params"],
+                lost["tags"],
+            )
         end_time = int(time.time() * 1000)
         if uris.is_server(self.tracking_uri):
             # not MlflowClient.set_terminated: see end_run

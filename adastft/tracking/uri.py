@@ -48,10 +48,12 @@ def is_server(uri: str) -> bool:
 def local_path(uri: str) -> Path | None:
     """The file system path of a ``sqlite:///`` database or a ``file:`` store, else ``None``."""
     if uri.startswith("sqlite:///"):
-        path = unquote(uri[len("sqlite:///"):])
+        path = unquote(uri[len("sqlite:///") :])
         if not path or path.startswith(":memory:"):
-            raise ValueError(f"unsupported tracking URI {uri!r}: an in-memory SQLite store loses the runs; "
-                             "use sqlite:///path/mlflow.db")
+            raise ValueError(
+                f"unsupported tracking URI {uri!r}: an in-memory SQLite store loses the runs; "
+                "use sqlite:///path/mlflow.db"
+            )
         return Path(path).expanduser().resolve()
     if uri.startswith("file:"):
         return Path(url2pathname(urlparse(uri).path)).expanduser().resolve()
@@ -97,8 +99,9 @@ def sqlite_damage(path: Path) -> str | None:
 
 
 def damaged_store_fix(path: Path) -> str:
-    return (f"move it aside (mv {path} {path}.damaged) and restore it from a backup, "
-            "or point the command at another file")
+    return (
+        f"move it aside (mv {path} {path}.damaged) and restore it from a backup, or point the command at another file"
+    )
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -125,17 +128,21 @@ def _check_tracking_uri(uri: str, timeout: float) -> None:
     scheme = urlparse(uri).scheme.lower()
     path = local_path(uri) if scheme in ("sqlite", "file") else None
     if path is None:
-        raise ValueError(f"unsupported tracking URI {uri!r}: use http(s)://host:port, "
-                         "sqlite:///path/mlflow.db or file:///path/to/mlruns")
+        raise ValueError(
+            f"unsupported tracking URI {uri!r}: use http(s)://host:port, "
+            "sqlite:///path/mlflow.db or file:///path/to/mlruns"
+        )
     if scheme == "sqlite":
         _check_writable_dir(path.parent, uri)
         if path.exists() and not os.access(path, os.W_OK):
-            raise TrackingUnavailable(f"MLflow store {uri} is not usable: {path} is read-only: "
-                                      "fix its permissions or set tracking.uri")
+            raise TrackingUnavailable(
+                f"MLflow store {uri} is not usable: {path} is read-only: fix its permissions or set tracking.uri"
+            )
         damage = sqlite_damage(path)
         if damage:
-            raise TrackingUnavailable(f"MLflow store {path} is damaged ({damage}): {damaged_store_fix(path)} "
-                                      "(tracking.uri)")
+            raise TrackingUnavailable(
+                f"MLflow store {path} is damaged ({damage}): {damaged_store_fix(path)} (tracking.uri)"
+            )
     else:
         _check_writable_dir(path, uri)
 
@@ -148,7 +155,8 @@ def _check_writable_dir(folder: Path, uri: str) -> None:
     except OSError as err:
         raise TrackingUnavailable(
             f"MLflow store {uri} is not usable: folder {folder} cannot be created or written "
-            f"({err.strerror or err}): fix its permissions or set tracking.uri") from None
+            f"({err.strerror or err}): fix its permissions or set tracking.uri"
+        ) from None
 
 
 def ui_link(tracking_uri: str, experiment_id: str | None) -> str:

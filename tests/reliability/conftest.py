@@ -45,9 +45,20 @@ def faults(request):
     outcome = call.outcome if call is not None else "error"
     with open(target, "a") as f:
         for case in cases:
-            f.write(json.dumps({"test": request.node.nodeid, "outcome": outcome, "case": case.name,
-                                "tried": case.tried, "survived": case.survived, "lost": case.lost,
-                                "notes": case.notes}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "test": request.node.nodeid,
+                        "outcome": outcome,
+                        "case": case.name,
+                        "tried": case.tried,
+                        "survived": case.survived,
+                        "lost": case.lost,
+                        "notes": case.notes,
+                    }
+                )
+                + "\n"
+            )
 
 
 @pytest.fixture
@@ -70,8 +81,9 @@ def small_volume(tmp_path):
         target.mkdir()
         if shutil.which("mount") is None or os.environ.get("ADASTFT_RELIABILITY_NO_MOUNT"):
             return None
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             return None
         mounts.append(target)

@@ -47,8 +47,12 @@ class Case:
 
 def env(**extra: str) -> dict[str, str]:
     """The environment of a child process: this checkout's code first, whatever is installed."""
-    out = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    out = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+    }
     out.update(extra)
     return out
 
@@ -77,14 +81,28 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5) -> Non
 # ---- tiny configurations ------------------------------------------------------------------------
 
 
-def tiny(tmp_path: Path, epochs: int = 2, tracking_uri: str | None = None, experiment: str = "reliability") -> list[str]:
+def tiny(
+    tmp_path: Path, epochs: int = 2, tracking_uri: str | None = None, experiment: str = "reliability"
+) -> list[str]:
     """Hydra overrides for a run of about a second per epoch on one CPU core."""
     uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     return [
-        "data=synthetic", "data.sample_rate=8000", "data.clip_seconds=2.0", "data.synthetic_clips_per_class=4",
-        "data.parts=2", "data.crops_per_clip=1", "data.batch_size=8", "data.time_mask_frames=2", "data.freq_mask_bins=4",
-        f"data.cache_dir={tmp_path}/cache", "stft.n_fft=256", "stft.hop_length=128", "stft.n_mels=32",
-        f"train.epochs={epochs}", f"tracking.uri={uri}", f"tracking.experiment={experiment}",
+        "data=synthetic",
+        "data.sample_rate=8000",
+        "data.clip_seconds=2.0",
+        "data.synthetic_clips_per_class=4",
+        "data.parts=2",
+        "data.crops_per_clip=1",
+        "data.batch_size=8",
+        "data.time_mask_frames=2",
+        "data.freq_mask_bins=4",
+        f"data.cache_dir={tmp_path}/cache",
+        "stft.n_fft=256",
+        "stft.hop_length=128",
+        "stft.n_mels=32",
+        f"train.epochs={epochs}",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
         "tracking.log_model=false",
     ]
 
@@ -93,9 +111,18 @@ def tiny_dict(tmp_path: Path, epochs: int = 2, **sections) -> dict:
     """The same run as a mapping for ``adastft.training.train``, tracking off unless given."""
     cfg = {
         "name": "reliability",
-        "data": {"source": "synthetic", "cache_dir": str(tmp_path / "cache"), "sample_rate": 8000,
-                 "clip_seconds": 2.0, "synthetic_clips_per_class": 4, "parts": 2, "crops_per_clip": 1, "batch_size": 8,
-                 "time_mask_frames": 2, "freq_mask_bins": 4},
+        "data": {
+            "source": "synthetic",
+            "cache_dir": str(tmp_path / "cache"),
+            "sample_rate": 8000,
+            "clip_seconds": 2.0,
+            "synthetic_clips_per_class": 4,
+            "parts": 2,
+            "crops_per_clip": 1,
+            "batch_size": 8,
+            "time_mask_frames": 2,
+            "freq_mask_bins": 4,
+        },
         "stft": {"n_fft": 256, "hop_length": 128, "n_mels": 32},
         "optim": {"lr": 1e-3},
         "train": {"epochs": epochs, "out_dir": str(tmp_path / "run"), "threads": 1},
@@ -106,15 +133,26 @@ def tiny_dict(tmp_path: Path, epochs: int = 2, **sections) -> dict:
     return cfg
 
 
-def space_file(tmp_path: Path, space: dict | None = None, points: list[dict] | None = None,
-               name: str = "space.yaml") -> Path:
+def space_file(
+    tmp_path: Path, space: dict | None = None, points: list[dict] | None = None, name: str = "space.yaml"
+) -> Path:
     path = tmp_path / name
-    path.write_text(yaml.safe_dump({
-        "metric": "val_loss", "mode": "min", "seed": 0, "n_startup_trials": 2,
-        "space": space or {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
-                           "stft.learn_window": {"type": "categorical", "choices": [True, False]}},
-        "points_to_evaluate": points or [],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "metric": "val_loss",
+                "mode": "min",
+                "seed": 0,
+                "n_startup_trials": 2,
+                "space": space
+                or {
+                    "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
+                    "stft.learn_window": {"type": "categorical", "choices": [True, False]},
+                },
+                "points_to_evaluate": points or [],
+            }
+        )
+    )
     return path
 
 
@@ -131,4 +169,3 @@ class MlflowServer(_MlflowServer):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder, artifacts="proxied", crash=True, env=env())
-

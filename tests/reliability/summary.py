@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider", *argv],
-            cwd=REPO, env={**os.environ, "ADASTFT_RELIABILITY_REPORT": str(report)},
+            cwd=REPO,
+            env={**os.environ, "ADASTFT_RELIABILITY_REPORT": str(report)},
         )
         minutes = (time.monotonic() - started) / 60
         cases = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
@@ -37,8 +38,10 @@ def main(argv: list[str]) -> int:
     width = max((len(c["case"]) for c in cases), default=0)
     for c in cases:
         ok = c["outcome"] == "passed" and c["survived"] == c["tried"] and not c["lost"]
-        line = (f"{'ok  ' if ok else 'FAIL'} {c['case']:<{width}}  {c['tried']:>3} tried, {c['survived']:>3} survived, "
-                f"{c['lost']} lost")
+        line = (
+            f"{'ok  ' if ok else 'FAIL'} {c['case']:<{width}}  {c['tried']:>3} tried, {c['survived']:>3} survived, "
+            f"{c['lost']} lost"
+        )
         summary = [n for n in c["notes"] if n.startswith(("writes hit", "detail"))]
         if summary:
             line += "  (" + "; ".join(summary) + ")"

@@ -31,19 +31,30 @@ from data_helpers import RATE, tone, write_folder
 
 
 def _content(store) -> tuple:
-    return (np.stack([store.audio(i) for i in range(len(store))]).tobytes(), store.labels.tobytes(),
-            tuple(store.names), tuple(store.classes), len(store))
+    return (
+        np.stack([store.audio(i) for i in range(len(store))]).tobytes(),
+        store.labels.tobytes(),
+        tuple(store.names),
+        tuple(store.classes),
+        len(store),
+    )
 
 
 def _damages(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     n = len(data)
-    out = [("empty file", b""), ("only the magic bytes", data[:8]), ("cut after the schema", data[: n // 10]),
-           ("cut in half", data[: n // 2]), ("last byte missing", data[:-1]), ("footer cut", data[:-64]),
-           ("garbage of the same size", bytes(rng.getrandbits(8) for _ in range(n))),
-           ("garbage appended", data + b"\x00garbage" * 32)]
+    out = [
+        ("empty file", b""),
+        ("only the magic bytes", data[:8]),
+        ("cut after the schema", data[: n // 10]),
+        ("cut in half", data[: n // 2]),
+        ("last byte missing", data[:-1]),
+        ("footer cut", data[:-64]),
+        ("garbage of the same size", bytes(rng.getrandbits(8) for _ in range(n))),
+        ("garbage appended", data + b"\x00garbage" * 32),
+    ]
     for frac in (0.2, 0.5, 0.8):
         at = int(n * frac)
-        out.append((f"4 KiB zeroed at {frac:.0%}", data[:at] + bytes(4096) + data[at + 4096:]))
+        out.append((f"4 KiB zeroed at {frac:.0%}", data[:at] + bytes(4096) + data[at + 4096 :]))
     for _ in range(28):
         at = rng.randrange(n)
         b = bytearray(data)
@@ -55,8 +66,9 @@ def _damages(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
 def test_damaged_cache_is_detected_and_rebuilt_never_read_as_garbage(tmp_path, faults):
     case = faults("Arrow cache truncated/corrupted on disk (39 ways)")
     root = write_folder(tmp_path / "data", {"blues": 12, "jazz": 12, "rock": 12}, seconds=0.25)
-    spec = DataSpec(source="folder", root=str(root), cache_dir=str(tmp_path / "cache"), sample_rate=RATE,
-                    clip_seconds=0.25)
+    spec = DataSpec(
+        source="folder", root=str(root), cache_dir=str(tmp_path / "cache"), sample_rate=RATE, clip_seconds=0.25
+    )
     good = prepare(spec)
     path = Path(good.path)
     reference, data = _content(good), path.read_bytes()
@@ -87,17 +99,19 @@ def test_damaged_cache_is_detected_and_rebuilt_never_read_as_garbage(tmp_path, f
 def test_damaged_cache_under_the_training_command_line(tmp_path, faults):
     case = faults("Arrow cache corrupted under `python -m adastft.train`")
     args = [sys.executable, "-m", "adastft.train", *tiny(tmp_path, epochs=1), "tracking=off", "train.threads=1"]
-    first = subprocess.run([*args, f"train.out_dir={tmp_path}/a"], cwd=tmp_path, env=env(), capture_output=True,
-                           text=True, timeout=300)
+    first = subprocess.run(
+        [*args, f"train.out_dir={tmp_path}/a"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     (cache,) = (tmp_path / "cache").glob("*.arrow")
     good = cache.read_bytes()
     damaged = bytearray(good)
     middle = len(damaged) // 2  # inside the audio of some clip
-    damaged[middle: middle + 64] = bytes(64)
+    damaged[middle : middle + 64] = bytes(64)
     cache.write_bytes(bytes(damaged))
-    second = subprocess.run([*args, f"train.out_dir={tmp_path}/b"], cwd=tmp_path, env=env(), capture_output=True,
-                            text=True, timeout=300)
+    second = subprocess.run(
+        [*args, f"train.out_dir={tmp_path}/b"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
     output = second.stdout + second.stderr
     problems = []
     if second.returncode != 0:
@@ -126,8 +140,21 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, faults, small_volume, mo
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     if volume is not None:
         out_dir = volume / "run"
-        proc = subprocess.run([sys.executable, "-m", "adastft.train", *tiny(tmp_path, epochs=3), f"train.out_dir={out_dir}",
-                               "train.threads=1"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "adastft.train",
+                *tiny(tmp_path, epochs=3),
+                f"train.out_dir={out_dir}",
+                "train.threads=1",
+            ],
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         code, stderr = proc.returncode, proc.stderr
     else:  # no mount here: from the second checkpoint write on, every write fails with ENOSPC
         import adastft.checkpoint as checkpoint
@@ -149,8 +176,9 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, faults, small_volume, mo
 
         monkeypatch.setattr(checkpoint._Sink, "__init__", counting_init)
         monkeypatch.setattr(checkpoint._Sink, "write", full_disk_write)
-        cfg = tiny_dict(tmp_path, epochs=3, tracking={"enabled": True, "uri": uri, "experiment": "reliability",
-                                                       "log_model": False})
+        cfg = tiny_dict(
+            tmp_path, epochs=3, tracking={"enabled": True, "uri": uri, "experiment": "reliability", "log_model": False}
+        )
         code, stderr = 0, ""
         try:
             train(cfg)
@@ -231,7 +259,9 @@ def test_disk_full_while_writing_the_cache(tmp_path, faults, small_volume, monke
     case = faults("disk full while writing the cache" + (" (tmpfs)" if volume else " (ENOSPC injected)"))
     folder = volume or tmp_path / "volume"
     root = write_folder(tmp_path / "data", {"a": 10, "b": 10}, seconds=0.5)  # 80 KB of audio
-    spec = DataSpec(source="folder", root=str(root), cache_dir=str(folder / "cache"), sample_rate=RATE, clip_seconds=0.5)
+    spec = DataSpec(
+        source="folder", root=str(root), cache_dir=str(folder / "cache"), sample_rate=RATE, clip_seconds=0.5
+    )
     small = prepare(spec)
     path, before, key = Path(small.path), Path(small.path).read_bytes(), read_key(small.path)
     if volume is None:  # what a 3 MiB disk would have left
@@ -263,9 +293,22 @@ def test_disk_full_while_writing_the_cache(tmp_path, faults, small_volume, monke
     # 2. a new cache of 2.5 MB (synthetic) beside the small one, through the training command line
     n = len(problems)
     if volume is not None:
-        proc = subprocess.run([sys.executable, "-m", "adastft.train", *tiny(tmp_path, epochs=1), "tracking=off",
-                               f"data.cache_dir={folder / 'cache'}", f"train.out_dir={tmp_path}/run"], cwd=tmp_path,
-                              env=env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "adastft.train",
+                *tiny(tmp_path, epochs=1),
+                "tracking=off",
+                f"data.cache_dir={folder / 'cache'}",
+                f"train.out_dir={tmp_path}/run",
+            ],
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         code, stderr = proc.returncode, proc.stderr
     else:  # in this process, where the injected full disk is
         from adastft.training import train
@@ -276,12 +319,20 @@ def test_disk_full_while_writing_the_cache(tmp_path, faults, small_volume, monke
         except CacheError as exc:
             code, stderr = 2, f"adastft.train: error: {exc}"
     errors = [line for line in stderr.splitlines() if ": error:" in line]
-    if code != 2 or "Traceback" in stderr or len(errors) != 1 \
-            or "cannot write the cache" not in errors[0] or "No space left on device" not in errors[0]:
+    if (
+        code != 2
+        or "Traceback" in stderr
+        or len(errors) != 1
+        or "cannot write the cache" not in errors[0]
+        or "No space left on device" not in errors[0]
+    ):
         problems.append(f"a new cache: exit {code}, error lines {errors}: {stderr[-1500:]}")
     intact("new cache")
     if (tmp_path / "run" / "last.pt").exists():
         problems.append("training started without its data")
-    case.fault(survived=len(problems) == n, lost=sum("changed" in p for p in problems[n:]),
-               note="new cache via `python -m adastft.train`")
+    case.fault(
+        survived=len(problems) == n,
+        lost=sum("changed" in p for p in problems[n:]),
+        note="new cache via `python -m adastft.train`",
+    )
     assert not problems, "\n".join(problems)

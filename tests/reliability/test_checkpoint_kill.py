@@ -138,7 +138,9 @@ def _final_checks(out_dir: Path, epochs: int) -> list[str]:
     problems = []
     last, best = load_checkpoint(out_dir / "last.pt"), load_checkpoint(out_dir / "best.pt")
     if last["epoch"] != epochs - 1 or [int(h["epoch"]) for h in last["history"]] != list(range(epochs)):
-        problems.append(f"the finished run's history is not epochs 0..{epochs - 1}: {[h['epoch'] for h in last['history']]}")
+        problems.append(
+            f"the finished run's history is not epochs 0..{epochs - 1}: {[h['epoch'] for h in last['history']]}"
+        )
     accs = [h["val_clip_accuracy"] for h in last["history"]]
     if best["epoch"] != accs.index(max(accs)):
         problems.append(f"best.pt is epoch {best['epoch']}, the run's best epoch is {accs.index(max(accs))}")
@@ -190,11 +192,13 @@ def test_kill_9_while_writing_checkpoints_never_loses_last_or_best(tmp_path, fau
     failures = []
     for i, (target, point) in enumerate(plan):
         hit.unlink(missing_ok=True)
-        proc = ctx.Process(target=kill_targets.train_stopping_in_a_write, args=(cfg, target, point, str(hit)),
-                           daemon=True)
+        proc = ctx.Process(
+            target=kill_targets.train_stopping_in_a_write, args=(cfg, target, point, str(hit)), daemon=True
+        )
         proc.start()
-        wait_for(lambda: _stopped(proc.pid) or not proc.is_alive(), 300, f"kill {i + 1}: a stop in {target}",
-                 interval=0.01)
+        wait_for(
+            lambda: _stopped(proc.pid) or not proc.is_alive(), 300, f"kill {i + 1}: a stop in {target}", interval=0.01
+        )
         during = hit.read_text() if hit.exists() else "no write"
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(30)
@@ -218,23 +222,38 @@ def test_kill_9_of_the_command_line_mid_checkpoint_then_resume(tmp_path, faults)
     case = faults(f"kill -9 `python -m adastft.train` mid-checkpoint x{CLI_KILLS}")
     rng = random.Random(11)
     out_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "adastft.train", *tiny(tmp_path), "tracking=off", f"train.out_dir={out_dir}",
-            "train.threads=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "adastft.train",
+        *tiny(tmp_path),
+        "tracking=off",
+        f"train.out_dir={out_dir}",
+        "train.threads=1",
+    ]
     ledger = Ledger(out_dir)
     failures = []
     for i in range(CLI_KILLS):
-        proc = subprocess.Popen([*args, "train.epochs=1000"], cwd=tmp_path, env=env(), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*args, "train.epochs=1000"],
+            cwd=tmp_path,
+            env=env(),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            during = _aim_and_kill(proc.pid, lambda: proc.poll() is None, out_dir, rng.choice(["best.pt", "last.pt"]),
-                                   rng, give_up_s=2.0)
+            during = _aim_and_kill(
+                proc.pid, lambda: proc.poll() is None, out_dir, rng.choice(["best.pt", "last.pt"]), rng, give_up_s=2.0
+            )
             proc.wait(30)
         finally:
             kill_group(proc)
         failures += _record_kill(case, ledger, i, during, proc.returncode)
     epochs = (ledger.last_epoch if ledger.last_epoch is not None else -1) + 2
-    done = subprocess.run([*args, f"train.epochs={epochs}"], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [*args, f"train.epochs={epochs}"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # the log goes to stdout (Hydra's job logging): the resume must say so there
     assert "resuming from" in done.stdout or ledger.last_epoch is None, done.stdout[-3000:] + done.stderr[-3000:]

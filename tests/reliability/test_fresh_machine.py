@@ -56,9 +56,25 @@ def test_tests_needing_system_programs_skip_with_the_install_line_unless_ci(tmp_
     (tmp_path / "hide_programs.py").write_text(HIDE)
     files = ["tests/test_mlflow_ui.py"] + (["tests/test_cluster_launcher.py"] if namespaces_work() is None else [])
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *files, "-p", "hide_programs", "-p", "no:cacheprovider", "-q", "-rsf",
-         "--durations=0", "-o", "addopts="],
-        cwd=REPO, env=env(CI=ci, PYTHONPATH=f"{tmp_path}:{env()['PYTHONPATH']}"), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *files,
+            "-p",
+            "hide_programs",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rsf",
+            "--durations=0",
+            "-o",
+            "addopts=",
+        ],
+        cwd=REPO,
+        env=env(CI=ci, PYTHONPATH=f"{tmp_path}:{env()['PYTHONPATH']}"),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     out = proc.stdout + proc.stderr
@@ -70,7 +86,7 @@ def test_tests_needing_system_programs_skip_with_the_install_line_unless_ci(tmp_
         problems.append(f"pytest exit status {proc.returncode}")
     if got != len(files) or counts.get("passed"):
         problems.append(f"want all {len(files)} {'failed' if ci else 'skipped'}: {out.splitlines()[-1]}")
-    for what, line in list(INSTALL_LINES.items())[:len(files)]:
+    for what, line in list(INSTALL_LINES.items())[: len(files)]:
         if line not in out:
             problems.append(f"the {what} test does not give the install line {line!r}")
     if "Traceback" in out:

@@ -64,11 +64,19 @@ def test_train_command_line_interrupted_then_resumed(tmp_path, faults, how):
     out_dir = tmp_path / "run"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [*tiny(tmp_path, tracking_uri=uri), f"train.out_dir={out_dir}", "train.threads=1", "train.epochs=1000"]
-    proc = subprocess.Popen([sys.executable, "-m", "adastft.train", *args], cwd=tmp_path, env=env(),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adastft.train", *args],
+        cwd=tmp_path,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # by construction mid-training: the first epoch is saved and 999 are left
-    out, err, seconds, problems = _interrupt(proc, lambda: (out_dir / "last.pt").exists(), "the first checkpoint",
-                                             signum, group)
+    out, err, seconds, problems = _interrupt(
+        proc, lambda: (out_dir / "last.pt").exists(), "the first checkpoint", signum, group
+    )
     lines = _the_line(err, "adastft.train: interrupted")
     if len(lines) != 1 or "resume with: python -m adastft.train" not in lines[0]:
         problems.append(f"want one line with the resume command, got {lines}")
@@ -86,8 +94,9 @@ def test_train_command_line_interrupted_then_resumed(tmp_path, faults, how):
         argv = shlex.split(lines[0].split("resume with: ", 1)[1])[1:]
         epochs = last["epoch"] + 2
         argv = [f"train.epochs={epochs}" if a == "train.epochs=1000" else a for a in argv]
-        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            [sys.executable, *argv], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0 or "resuming from" not in done.stdout + done.stderr:
             problems.append(f"the resume command failed ({done.returncode}): {done.stderr[-1500:]}")
         elif load_checkpoint(out_dir / "last.pt")["epoch"] != epochs - 1:
@@ -103,10 +112,29 @@ def test_search_interrupted_then_resumed(tmp_path, faults, how):
     name = f"int{uuid.uuid4().hex[:8]}"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = tmp_path / "runs/search" / name
-    args = ["--trials", "2", "--search", str(space_file(tmp_path)), "--name", name, "--scheduler", "none",
-            "--max-concurrent", "1", *tiny(tmp_path, epochs=3), "data.synthetic_clips_per_class=12"]
-    proc = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--trials",
+        "2",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        name,
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "1",
+        *tiny(tmp_path, epochs=3),
+        "data.synthetic_clips_per_class=12",
+    ]
+    proc = subprocess.Popen(
+        search_cmd(*args),
+        cwd=tmp_path,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def first_epoch_reported() -> bool:  # by construction mid-trial: the first of 3 epochs is in Tune
         files = list(exp.glob("run_trial_*/result.json"))
@@ -119,7 +147,7 @@ def test_search_interrupted_then_resumed(tmp_path, faults, how):
     if any(line.startswith("best trial") for line in out.splitlines()):  # the summary's line, not Tune's table
         problems.append("a success summary")
     if "Traceback" in err:
-        problems.append(f"a traceback: {err[err.index('Traceback'):][:2000]}")
+        problems.append(f"a traceback: {err[err.index('Traceback') :][:2000]}")
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -130,8 +158,9 @@ def test_search_interrupted_then_resumed(tmp_path, faults, how):
             problems.append(f"run {run.info.run_name} {run.info.status} without a reason")
     if lines:
         argv = shlex.split(lines[0].split("continue it with: ", 1)[1])[1:]
-        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            [sys.executable, *argv], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0:
             problems.append(f"--resume failed ({done.returncode}): {done.stderr[-1500:]}")
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp}/optuna.db")

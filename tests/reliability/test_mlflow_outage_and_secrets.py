@@ -36,8 +36,15 @@ from process_helpers import remove_trial_work, trial_work_root  # tests/ is on s
 
 pytestmark = pytest.mark.slow
 
-METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
-           "kernel_change")
+METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_clip_accuracy",
+    "val_segment_accuracy",
+    "lr",
+    "window_change",
+    "kernel_change",
+)
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAREL7EXAMPLEKEY42",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-K7MDENG-bPxRfiCYrel7secret",
@@ -153,16 +160,40 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
     secrets_case = faults("secrets in env, tracking URI and config during a search")
     name = study_name
     epochs = 20  # about 20 s a trial: they outlast the outage below
-    overrides = [o for o in tiny(tmp_path, epochs=epochs, tracking_uri=secret_uri(server)) if not o.startswith("tracking.log_model")]
-    args = ["--trials", "2", "--max-concurrent", "2", "--search", str(space_file(tmp_path)), "--name", name,
-            "--scheduler", "none", "--verbose", *overrides, "tracking.log_model=true",
-            f"+tracking.tags.dataset_url='s3://bucket/data?token={SECRETS['AWS_SESSION_TOKEN']}'"]
+    overrides = [
+        o
+        for o in tiny(tmp_path, epochs=epochs, tracking_uri=secret_uri(server))
+        if not o.startswith("tracking.log_model")
+    ]
+    args = [
+        "--trials",
+        "2",
+        "--max-concurrent",
+        "2",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        name,
+        "--scheduler",
+        "none",
+        "--verbose",
+        *overrides,
+        "tracking.log_model=true",
+        f"+tracking.tags.dataset_url='s3://bucket/data?token={SECRETS['AWS_SESSION_TOKEN']}'",
+    ]
     log_path = tmp_path / "search.log"
     client = MlflowClient(server.uri)
     with open(log_path, "w") as log:
-        driver = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env(**SECRETS), start_new_session=True,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            search_cmd(*args),
+            cwd=tmp_path,
+            env=env(**SECRETS),
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
+
             def both_trials_logged_an_epoch() -> bool:
                 exp = client.get_experiment_by_name("reliability")
                 if exp is None:
@@ -182,8 +213,11 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
             while time.monotonic() - stopped < 30:
                 time.sleep(0.5)
                 at_cont = _trial_epochs(trial_root)
-                if (len(at_cont) == 2 and all(at_cont.get(t, -1) - e >= 2 for t, e in at_stop.items())
-                        and "MLflow unavailable" in log_path.read_text()):
+                if (
+                    len(at_cont) == 2
+                    and all(at_cont.get(t, -1) - e >= 2 for t, e in at_stop.items())
+                    and "MLflow unavailable" in log_path.read_text()
+                ):
                     break
             os.killpg(server.proc.pid, signal.SIGCONT)
             outage_s = time.monotonic() - stopped
@@ -228,15 +262,18 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
                 problems.append(f"run {run.info.run_name} lacks artifact {want}")
     if parents and not any(f.startswith("study/") for f in _artifact_files(client, parents[0].info.run_id)):
         problems.append("the study run has no study/ artifacts")
-    outage.fault(survived=not problems, lost=lost,
-                 note=f"detail: {outage_s:.0f} s outage, epochs {at_stop} -> {at_cont}")
+    outage.fault(
+        survived=not problems, lost=lost, note=f"detail: {outage_s:.0f} s outage, epochs {at_stop} -> {at_cont}"
+    )
 
     # ---- the secrets ------------------------------------------------------------------------
     found, scanned = scan_runs(client, runs, tmp_path / "download")
     found += scan_text(output, "the search's terminal output (with the trials' logs)")
     exp_dir = tmp_path / "runs/search" / name
-    more, n = scan_files([p for p in exp_dir.rglob("*") if p.suffix in (".json", ".csv", ".txt", ".log", ".yaml",
-                                                                       ".parquet")], "the study folder")
+    more, n = scan_files(
+        [p for p in exp_dir.rglob("*") if p.suffix in (".json", ".csv", ".txt", ".log", ".yaml", ".parquet")],
+        "the study folder",
+    )
     found += more
     secrets_case.fault(survived=not found, note=f"detail: {scanned} params, tags and artifacts + {n} files scanned")
     assert not problems and not found, "\n".join(problems + ["secrets leaked:"] * bool(found) + sorted(set(found)))
@@ -245,12 +282,28 @@ def test_mlflow_server_stopped_mid_search_loses_nothing_and_no_secret_is_logged(
 def test_training_command_line_logs_no_secret(tmp_path, faults, server):
     case = faults("secrets in env, tracking URI and config of `python -m adastft.train`")
     out_dir = tmp_path / "run"
-    overrides = [o for o in tiny(tmp_path, epochs=1, tracking_uri=secret_uri(server), experiment="reliability-cli")
-                 if not o.startswith("tracking.log_model")]
+    overrides = [
+        o
+        for o in tiny(tmp_path, epochs=1, tracking_uri=secret_uri(server), experiment="reliability-cli")
+        if not o.startswith("tracking.log_model")
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "adastft.train", *overrides, "tracking=server", f"train.out_dir={out_dir}",
-         "tracking.log_model=true", f"+tracking.tags.dataset_url='s3://bucket/data?token={SECRETS['AWS_SESSION_TOKEN']}'"],
-        cwd=tmp_path, env=env(**SECRETS), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "adastft.train",
+            *overrides,
+            "tracking=server",
+            f"train.out_dir={out_dir}",
+            "tracking.log_model=true",
+            f"+tracking.tags.dataset_url='s3://bucket/data?token={SECRETS['AWS_SESSION_TOKEN']}'",
+        ],
+        cwd=tmp_path,
+        env=env(**SECRETS),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name("reliability-cli")

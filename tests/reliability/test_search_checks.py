@@ -41,8 +41,9 @@ def test_a_running_drivers_lock_is_refused_and_a_dead_ones_taken_over(tmp_path, 
 
     case = faults("study lock: a live driver's refused, a killed driver's taken over")
     exp = tmp_path / "study"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(exp), str(REPO)], env=env(), stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(exp), str(REPO)], env=env(), stdout=subprocess.PIPE, text=True
+    )
     problems = []
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -74,17 +75,38 @@ def test_an_object_store_that_does_not_answer_is_one_line_before_ray_starts(tmp_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--storage", "s3://adastft-check/tune",
-                           "--name", "unreachable", "--trials", "1", "experiment=quickstart",
-                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                          cwd=tmp_path, env=env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test",
-                                                AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tune/search.py"),
+            "--storage",
+            "s3://adastft-check/tune",
+            "--name",
+            "unreachable",
+            "--trials",
+            "1",
+            "experiment=quickstart",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        ],
+        cwd=tmp_path,
+        env=env(
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.monotonic() - started
     lines = proc.stderr.strip().splitlines()
     problems = []
-    if proc.returncode != 2 or not lines or not lines[-1].startswith(
-            "search: error: --storage s3://adastft-check/tune: cannot reach it"):
+    if (
+        proc.returncode != 2
+        or not lines
+        or not lines[-1].startswith("search: error: --storage s3://adastft-check/tune: cannot reach it")
+    ):
         problems.append(f"rc {proc.returncode}, last line {lines[-1:]}")
     if "Ray" in proc.stdout + proc.stderr:
         problems.append("Ray started before the storage was checked")
@@ -106,11 +128,24 @@ def test_a_second_driver_of_a_study_in_object_storage_on_one_machine_is_refused(
     working_copy = StudyDir("s3://adastft-check/tune", "held").path
     lock = StudyLock(working_copy).acquire("held")
     try:
-        proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--storage", "s3://adastft-check/tune",
-                               "--name", "held", "--resume", "experiment=quickstart",
-                               f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                              cwd=tmp_path, env=env(AWS_ENDPOINT_URL="http://127.0.0.1:9"), capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tune/search.py"),
+                "--storage",
+                "s3://adastft-check/tune",
+                "--name",
+                "held",
+                "--resume",
+                "experiment=quickstart",
+                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            ],
+            cwd=tmp_path,
+            env=env(AWS_ENDPOINT_URL="http://127.0.0.1:9"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         lock.release()
     last = proc.stderr.strip().splitlines()[-1:]
@@ -132,13 +167,30 @@ def test_address_auto_with_no_cluster_is_one_line(tmp_path, faults):
         pytest.skip(f"a Ray cluster runs on this machine (gcs_server pids {running}): --address auto would use it")
     case = faults("--address auto with no Ray cluster on the machine")
     (tmp_path / "ray").mkdir()
-    proc = subprocess.run([sys.executable, str(REPO / "tune/search.py"), "--address", "auto", "--trials", "1",
-                           "experiment=quickstart", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                          cwd=tmp_path, env=env(RAY_TMPDIR=str(tmp_path / "ray")), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tune/search.py"),
+            "--address",
+            "auto",
+            "--trials",
+            "1",
+            "experiment=quickstart",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        ],
+        cwd=tmp_path,
+        env=env(RAY_TMPDIR=str(tmp_path / "ray")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = proc.stderr.strip().splitlines()
-    survived = (proc.returncode == 2 and lines[-1].startswith("search: error: --address auto: no Ray cluster")
-                and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists())
+    survived = (
+        proc.returncode == 2
+        and lines[-1].startswith("search: error: --address auto: no Ray cluster")
+        and "Traceback" not in proc.stderr
+        and not (tmp_path / "runs").exists()
+    )
     case.fault(survived=survived)
     assert survived, proc.stderr[-3000:]
 

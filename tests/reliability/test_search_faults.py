@@ -29,8 +29,15 @@ from process_helpers import optuna_states, remove_trial_work, trial_pids, trial_
 
 pytestmark = pytest.mark.slow
 
-METRICS = ("train_loss", "val_loss", "val_clip_accuracy", "val_segment_accuracy", "lr", "window_change",
-           "kernel_change")
+METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_clip_accuracy",
+    "val_segment_accuracy",
+    "lr",
+    "window_change",
+    "kernel_change",
+)
 
 
 @pytest.fixture
@@ -87,10 +94,27 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
     case = faults("kill -9 the search driver mid-study, then --resume")
     trials, epochs = 3, 2
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--trials", str(trials), "--search", str(space_file(tmp_path)), "--name", study_name, "--scheduler", "none",
-            "--max-concurrent", "1", *tiny(tmp_path, epochs=epochs)]
-    driver = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "--trials",
+        str(trials),
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        study_name,
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "1",
+        *tiny(tmp_path, epochs=epochs),
+    ]
+    driver = subprocess.Popen(
+        search_cmd(*args),
+        cwd=tmp_path,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db = tmp_path / "runs/search" / study_name / "optuna.db"
 
     def one_done_one_running() -> bool:
@@ -107,20 +131,29 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
     before = load_study(tmp_path, study_name).get_trials()
     finished_before = {t.user_attrs["tune_trial_id"]: t.value for t in before if t.state == TrialState.COMPLETE}
     client, _, children = runs_of(uri, "reliability", study_name)
-    end_times = {r.data.tags["tune_trial_id"]: r.info.end_time for r in children
-                 if r.data.tags.get("tune_trial_id") in finished_before}
-    results_before = {tid: (d / "result.json").read_text() for tid, d in trial_dirs(tmp_path, study_name).items()
-                      if tid in finished_before}
+    end_times = {
+        r.data.tags["tune_trial_id"]: r.info.end_time
+        for r in children
+        if r.data.tags.get("tune_trial_id") in finished_before
+    }
+    results_before = {
+        tid: (d / "result.json").read_text()
+        for tid, d in trial_dirs(tmp_path, study_name).items()
+        if tid in finished_before
+    }
 
-    resumed = subprocess.run(search_cmd("--resume", *args), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        search_cmd("--resume", *args), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     problems = []
     after = load_study(tmp_path, study_name).get_trials()
     complete = [t for t in after if t.state == TrialState.COMPLETE]
     if len(complete) != trials:
-        problems.append(f"{len(complete)} COMPLETE trials in Optuna, asked for {trials}: {[t.state.name for t in after]}")
+        problems.append(
+            f"{len(complete)} COMPLETE trials in Optuna, asked for {trials}: {[t.state.name for t in after]}"
+        )
     known = tune_trials(tmp_path, study_name)
     if len(known) != trials:
         problems.append(f"the study has {len(known)} trials in Tune, asked for {trials}")
@@ -135,16 +168,27 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
     # the resumed study: a new trial takes its place, Optuna marks it FAIL and its MLflow run is
     # deleted (kept among MLflow's deleted runs, tagged stopped=abandoned...).
     client, parent, children = runs_of(uri, "reliability", study_name)
-    deleted = [r for r in client.search_runs([parent.info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
-               if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    deleted = [
+        r
+        for r in client.search_runs([parent.info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     for run in deleted:
         tid = run.data.tags.get("tune_trial_id")
         states = [t.state for t in after if t.user_attrs.get("tune_trial_id") == tid]
-        if tid in known or TrialState.COMPLETE in states or not run.data.tags.get("stopped", "").startswith("abandoned"):
-            problems.append(f"deleted MLflow run of trial {tid}: in Tune {tid in known}, Optuna {states}, "
-                            f"tag stopped={run.data.tags.get('stopped')!r}")
+        if (
+            tid in known
+            or TrialState.COMPLETE in states
+            or not run.data.tags.get("stopped", "").startswith("abandoned")
+        ):
+            problems.append(
+                f"deleted MLflow run of trial {tid}: in Tune {tid in known}, Optuna {states}, "
+                f"tag stopped={run.data.tags.get('stopped')!r}"
+            )
     for t in after:  # Optuna keeps its record of an abandoned trial, as FAIL
-        if t.state != TrialState.COMPLETE and (t.state != TrialState.FAIL or t.user_attrs.get("tune_trial_id") in known):
+        if t.state != TrialState.COMPLETE and (
+            t.state != TrialState.FAIL or t.user_attrs.get("tune_trial_id") in known
+        ):
             problems.append(f"Optuna trial {t.number} ({t.user_attrs.get('tune_trial_id')}) is {t.state.name}")
     ids = [r.data.tags.get("tune_trial_id") for r in children]
     if len(ids) != len(set(ids)) or sorted(ids) != sorted(known):
@@ -169,8 +213,11 @@ def test_driver_killed_mid_study_then_resume_finishes_exactly_the_requested_tria
         twice = ",".join(str(s) for s in sorted({s for s in got if got.count(s) > 1}))
         if run.data.tags.get("redone_epochs", "") != twice:
             problems.append(f"trial {tid}: steps {got} but tag redone_epochs={run.data.tags.get('redone_epochs')!r}")
-    case.fault(survived=not problems, lost=lost,
-               note=f"detail: {len(finished_before)} finished before the kill, {len(deleted)} abandoned")
+    case.fault(
+        survived=not problems,
+        lost=lost,
+        note=f"detail: {len(finished_before)} finished before the kill, {len(deleted)} abandoned",
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -182,13 +229,33 @@ def test_trial_process_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_pat
     epochs = 3
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # 12 clips per class: epochs of 1-2 s, so that a kill lands inside one
-    args = ["--trials", "1", "--search", str(space_file(tmp_path)), "--name", study_name, "--scheduler", "none",
-            "--max-failures", "2", *tiny(tmp_path, epochs=epochs), "data.synthetic_clips_per_class=12"]
-    driver = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env(), start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "--trials",
+        "1",
+        "--search",
+        str(space_file(tmp_path)),
+        "--name",
+        study_name,
+        "--scheduler",
+        "none",
+        "--max-failures",
+        "2",
+        *tiny(tmp_path, epochs=epochs),
+        "data.synthetic_clips_per_class=12",
+    ]
+    driver = subprocess.Popen(
+        search_cmd(*args),
+        cwd=tmp_path,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     exp = tmp_path / "runs/search" / study_name
     killed_at = None
     try:
+
         def tune_has_epoch_0() -> bool:  # the driver writes result.json once it holds the report
             files = list(exp.glob("run_trial_*/result.json"))
             return bool(files) and files[0].read_text().count("\n") >= 1
@@ -281,21 +348,52 @@ def test_failing_trials_end_with_their_reason_and_the_study_completes(tmp_path, 
     garbage = tmp_path / "not_a_state_dict.pt"
     garbage.write_bytes(os.urandom(4096))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = {"optim.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
-             "optim.lr": {"type": "categorical", "choices": [1e-3, 1e4]},
-             "model.pretrained_path": {"type": "categorical", "choices": [None, str(garbage)]},
-             "stft.n_fft": {"type": "categorical", "choices": [256, 8192]},
-             "stft.learn_kernel": {"type": "categorical", "choices": [False, True]}}
-    normal = {"optim.name": "adamw", "optim.lr": 1e-3, "model.pretrained_path": None, "stft.n_fft": 256,
-              "stft.learn_kernel": False}
-    points = [normal, {**normal, "optim.name": "sgd", "optim.lr": 1e4}, {**normal, "model.pretrained_path": str(garbage)},
-              {**normal, "stft.n_fft": 8192, "stft.learn_kernel": True}]
-    args = ["--trials", str(len(points)), "--search", str(space_file(tmp_path, space=space, points=points)),
-            "--name", study_name, "--scheduler", "none", "--max-concurrent", "2", "--max-failures", "0",
-            *tiny(tmp_path, epochs=2)]
-    proc = subprocess.run(search_cmd(*args), cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env=env(PYTHONPATH=f"{site}{os.pathsep}{env()['PYTHONPATH']}",
-                                  ADASTFT_TEST_TRIAL_MEMORY_HEADROOM=str(int(1.5 * 2**30))))
+    space = {
+        "optim.name": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "optim.lr": {"type": "categorical", "choices": [1e-3, 1e4]},
+        "model.pretrained_path": {"type": "categorical", "choices": [None, str(garbage)]},
+        "stft.n_fft": {"type": "categorical", "choices": [256, 8192]},
+        "stft.learn_kernel": {"type": "categorical", "choices": [False, True]},
+    }
+    normal = {
+        "optim.name": "adamw",
+        "optim.lr": 1e-3,
+        "model.pretrained_path": None,
+        "stft.n_fft": 256,
+        "stft.learn_kernel": False,
+    }
+    points = [
+        normal,
+        {**normal, "optim.name": "sgd", "optim.lr": 1e4},
+        {**normal, "model.pretrained_path": str(garbage)},
+        {**normal, "stft.n_fft": 8192, "stft.learn_kernel": True},
+    ]
+    args = [
+        "--trials",
+        str(len(points)),
+        "--search",
+        str(space_file(tmp_path, space=space, points=points)),
+        "--name",
+        study_name,
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "2",
+        "--max-failures",
+        "0",
+        *tiny(tmp_path, epochs=2),
+    ]
+    proc = subprocess.run(
+        search_cmd(*args),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env(
+            PYTHONPATH=f"{site}{os.pathsep}{env()['PYTHONPATH']}",
+            ADASTFT_TEST_TRIAL_MEMORY_HEADROOM=str(int(1.5 * 2**30)),
+        ),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"study {study_name!r}: {len(points)} trials" in proc.stdout, proc.stdout[-3000:]
 

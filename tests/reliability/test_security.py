@@ -74,8 +74,9 @@ def test_pickled_payloads_are_refused_everywhere(tmp_path, faults):
         return []
 
     def command(args: list[str], culprit: str) -> list[str]:
-        proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+        )
         errors = [line for line in proc.stderr.splitlines() if ": error:" in line]
         problems = [] if proc.returncode == 2 else [f"exit status {proc.returncode}"]
         if len(errors) != 1 or culprit not in errors[0]:
@@ -85,14 +86,33 @@ def test_pickled_payloads_are_refused_everywhere(tmp_path, faults):
     run_dir = tmp_path / "resume"
     _evil(run_dir / "last.pt", marker)
     attempt("load_checkpoint", in_process)
-    attempt("python -m adastft.train resuming from it", lambda: command(
-        ["-m", "adastft.train", *tiny(tmp_path, epochs=1), "tracking=off", f"train.out_dir={run_dir}"], "last.pt"))
-    attempt("python -m adastft.train with it as the backbone", lambda: command(
-        ["-m", "adastft.train", *tiny(tmp_path, epochs=1), "tracking=off", f"train.out_dir={tmp_path}/run2",
-         f"model.pretrained_path={_evil(tmp_path / 'backbone.pt', marker, wrap=False)}"], "backbone.pt"))
-    attempt("python -m adastft.predict --model it", lambda: command(
-        ["-m", "adastft.predict", str(song), "--model", str(_evil(tmp_path / "model" / "best_model.pt", marker))],
-        "best_model.pt"))
+    attempt(
+        "python -m adastft.train resuming from it",
+        lambda: command(
+            ["-m", "adastft.train", *tiny(tmp_path, epochs=1), "tracking=off", f"train.out_dir={run_dir}"], "last.pt"
+        ),
+    )
+    attempt(
+        "python -m adastft.train with it as the backbone",
+        lambda: command(
+            [
+                "-m",
+                "adastft.train",
+                *tiny(tmp_path, epochs=1),
+                "tracking=off",
+                f"train.out_dir={tmp_path}/run2",
+                f"model.pretrained_path={_evil(tmp_path / 'backbone.pt', marker, wrap=False)}",
+            ],
+            "backbone.pt",
+        ),
+    )
+    attempt(
+        "python -m adastft.predict --model it",
+        lambda: command(
+            ["-m", "adastft.predict", str(song), "--model", str(_evil(tmp_path / "model" / "best_model.pt", marker))],
+            "best_model.pt",
+        ),
+    )
     assert not failures, "\n".join(failures)
 
 
@@ -114,7 +134,8 @@ def test_every_torch_load_is_weights_only(folder):
             found += 1
             safe = name == "torch.load" and any(
                 kw.arg == "weights_only" and isinstance(kw.value, ast.Constant) and kw.value.value is True
-                for kw in node.keywords)
+                for kw in node.keywords
+            )
             if not safe:
                 unsafe.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
     assert not unsafe, "loads that may run pickled code:\n" + "\n".join(unsafe)
