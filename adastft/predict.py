@@ -82,11 +82,12 @@ class Predictor:
         logits = self.model(segments).float().unsqueeze(0)  # (1, parts, classes)
         voted = int(vote(logits, method=d.vote)[0])
         probs = logits.softmax(-1).mean(1)[0]
-        order = probs.argsort(descending=True)[:top]
+        ranked = probs.argsort(descending=True).tolist()
+        order = ranked[:top]
         # Within the shown precision of the voted class, a class is as likely: the label would be a coin flip.
         tied = [
             self.classes[i]
-            for i in probs.argsort(descending=True).tolist()
+            for i in ranked
             if i != voted and abs(float(probs[voted] - probs[i])) < TIE
         ]
         note = ""
