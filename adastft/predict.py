@@ -85,11 +85,7 @@ class Predictor:
         ranked = probs.argsort(descending=True).tolist()
         order = ranked[:top]
         # Within the shown precision of the voted class, a class is as likely: the label would be a coin flip.
-        tied = [
-            self.classes[i]
-            for i in ranked
-            if i != voted and abs(float(probs[voted] - probs[i])) < TIE
-        ]
+        tied = [self.classes[i] for i in ranked if i != voted and abs(float(probs[voted] - probs[i])) < TIE]
         note = ""
         if used == 1 and seconds * d.sample_rate < crop:
             note = (
